@@ -1,0 +1,19 @@
+//! `shoal-proxy`: the HTTP ingress every Shoal node runs.
+//!
+//! A request reads as route -> policy -> choose target -> serve or forward -> rewrite response.
+//!
+//! Layout:
+//! - [`body`]: the boxed body type every handler returns, and small constructors for it.
+//! - [`route`]: which app a request is for, from its Host (`<app>.<domain>`) or path (`/apps/<app>/`).
+//! - [`static_files`]: serving a static app's release directory (index files, ETag, Range, SPA fallback).
+//! - [`rewrite`]: streaming HTML rewriting and header rewriting so an app written for `/` works
+//!   under `/apps/<app>/`.
+//! - [`metrics`]: the ingress's Prometheus metrics.
+//! - [`ingress`]: the hyper server that ties these together, with graceful shutdown.
+
+pub mod body;
+pub mod ingress;
+pub mod metrics;
+pub mod rewrite;
+pub mod route;
+pub mod static_files;
