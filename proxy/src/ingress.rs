@@ -1,1 +1,212 @@
-//! placeholder
+//! The ingress request handler: route -> (policy) -> serve or forward -> rewrite response.
+//!
+//! The node hands it an [`AppDirectory`], its view of the app table, so routing never waits
+//! on anything remote: a lookup is a read of a local snapshot.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::metrics::{IngressMetrics, NO_APP};
+use crate::rewrite::PrefixRewriter;
+use crate::route::{self, prefix_for, Mode, Route};
+use crate::static_files::{self, StaticOptions};
+
+/// The node's read-only view of its apps, as the ingress needs it.
+pub trait AppDirectory: Send + Sync + 'static {
+    /// The current release of `app`, if one is deployed.
+    fn lookup(&self, app: &str) -> Option<AppTarget>;
+    /// The app that owns a custom domain (`host` lowercase, without port), if any.
+    fn app_for_domain(&self, host: &str) -> Option<String>;
+    /// Whether this node can route requests (it holds an app table).
+    fn is_ready(&self) -> bool;
+}
+
+/// Where the ingress sends requests for one app.
+#[derive(Clone, Debug)]
+pub struct AppTarget {
+    /// Identifies the release's content (its bundle digest); part of every ETag.
+    pub release_id: String,
+    /// What serves it.
+    pub backend: Backend,
+}
+
+/// What serves an app's requests.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// Files of an unpacked release, served by this node.
+    Static {
+        /// The release directory.
+        root: PathBuf,
+        /// How to serve it.
+        options: StaticOptions,
+    },
+    /// The app exists but this node cannot serve it; answered with 503 and the reason.
+    Unavailable {
+        /// One sentence for the client.
+        reason: String,
+    },
+}
+
+/// Settings of the ingress.
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    /// Apps answer at `<app>.<domain>`.
+    pub domain: String,
+    /// This node's name, sent in `x-shoal-node`.
+    pub node_name: String,
+}
+
+/// The request handler shared by every connection of the ingress listener.
+pub struct Ingress {
+    directory: Arc<dyn AppDirectory>,
+    config: IngressConfig,
+    node_header: HeaderValue,
+    metrics: IngressMetrics,
+}
+
+impl Ingress {
+    /// Creates the handler.
+    pub fn new(
+        directory: Arc<dyn AppDirectory>,
+        config: IngressConfig,
+        metrics: IngressMetrics,
+    ) -> Self {
+        let node_header = HeaderValue::from_str(&config.node_name)
+            .unwrap_or_else(|_| HeaderValue::from_static("shoal"));
+        Self {
+            directory,
+            config,
+            node_header,
+            metrics,
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let host = request
+            .headers()
+            .get(HOST)
+            .and_then(|value| value.to_str().ok())
+            .or_else(|| request.uri().host())
+            .map(str::to_owned);
+        let route = self
+            .custom_domain_route(host.as_deref(), request.uri().path())
+            .unwrap_or_else(|| {
+                route::route(host.as_deref(), request.uri().path(), &self.config.domain)
+            });
+        let (app_label, mut response) = match route {
+            Route::Health => (NO_APP.to_owned(), text(StatusCode::OK, "ok")),
+            Route::Ready if self.directory.is_ready() => {
+                (NO_APP.to_owned(), text(StatusCode::OK, "ready"))
+            }
+            Route::Ready => (
+                NO_APP.to_owned(),
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            ),
+            Route::NotFound => (NO_APP.to_owned(), not_found_here()),
+            Route::AddTrailingSlash { app } => self.add_trailing_slash(app, &request),
+            Route::App { app, mode, path } => match self.directory.lookup(&app) {
+                Some(target) => {
+                    let response = self.serve_app(&app, target, mode, &path, request).await;
+                    (app, response)
+                }
+                None => (NO_APP.to_owned(), no_such_app(&app)),
+            },
+        };
+        response
+            .headers_mut()
+            .insert("x-shoal-node", self.node_header.clone());
+        self.metrics.observe(
+            &app_label,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        response
+    }
+
+    fn custom_domain_route(&self, host: Option<&str>, path: &str) -> Option<Route> {
+        let name = route::host_name(host?).to_ascii_lowercase();
+        let app = self.directory.app_for_domain(&name)?;
+        Some(Route::App {
+            app,
+            mode: Mode::Host,
+            path: path.to_owned(),
+        })
+    }
+
+    async fn serve_app(
+        &self,
+        app: &str,
+        target: AppTarget,
+        mode: Mode,
+        path: &str,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
+        let (parts, _body) = request.into_parts();
+        let response = match &target.backend {
+            Backend::Static { root, options } => {
+                static_files::serve(root, &target.release_id, path, &parts, options).await
+            }
+            Backend::Unavailable { reason } => {
+                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, reason);
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                response
+            }
+        };
+        match mode {
+            Mode::Host => response,
+            Mode::Prefix => PrefixRewriter::new(&prefix_for(app)).rewrite_response(response),
+        }
+    }
+
+    fn add_trailing_slash(&self, app: String, request: &Request<Incoming>) -> (String, Response<Body>) {
+        if self.directory.lookup(&app).is_none() {
+            return (NO_APP.to_owned(), no_such_app(&app));
+        }
+        let mut location = format!("{}/", prefix_for(&app));
+        if let Some(query) = request.uri().query() {
+            location.push('?');
+            location.push_str(query);
+        }
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(LOCATION, value);
+        }
+        (app, response)
+    }
+}
+
+/// A short plain-text response.
+pub fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(format!("{message}\n")));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn no_such_app(app: &str) -> Response<Body> {
+    text(StatusCode::NOT_FOUND, &format!("no app named `{app}`"))
+}
+
+fn not_found_here() -> Response<Body> {
+    text(
+        StatusCode::NOT_FOUND,
+        "not found: apps are served at /apps/<name>/ or at http://<name>.<domain>/",
+    )
+}

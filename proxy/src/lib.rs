@@ -9,11 +9,13 @@
 //! - [`rewrite`]: streaming HTML rewriting and header rewriting so an app written for `/` works
 //!   under `/apps/<app>/`.
 //! - [`metrics`]: the ingress's Prometheus metrics.
-//! - [`ingress`]: the hyper server that ties these together, with graceful shutdown.
+//! - [`ingress`]: the request handler that ties these together.
+//! - [`server`]: the accept loop with graceful shutdown, shared with the admin API.
 
 pub mod body;
 pub mod ingress;
 pub mod metrics;
 pub mod rewrite;
 pub mod route;
+pub mod server;
 pub mod static_files;

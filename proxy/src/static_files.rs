@@ -1,1 +1,734 @@
-//! placeholder
+//! Serving a static app's release directory: index files, directory redirects, content types,
+//! revalidation (ETag, Last-Modified), byte ranges, precompressed `.gz` siblings and SPA fallback.
+//!
+//! A release directory is read-only and content-addressed: a path inside a given release always
+//! holds the same bytes. Validators therefore derive from the release id and the path instead of
+//! hashing file contents. This module sees paths relative to the app root only; serving under a
+//! path prefix is the rewriter's business.
+//!
+//! Filesystem lookups run on the blocking pool in one hop per request (path resolution), plus one
+//! to open the file when a body is needed; bodies stream from disk and are never read whole.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::TryStreamExt;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use httpdate::HttpDate;
+use mime_guess::{mime, Mime};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::body::{self, Body, BoxError};
+
+/// How one static app is served; from the app's shoal.toml.
+#[derive(Clone, Debug, Default)]
+pub struct StaticOptions {
+    /// File served (200) for GET/HEAD paths that match no file, e.g. "index.html", for single-page apps.
+    pub spa_fallback: Option<String>,
+    /// `max-age` in seconds for non-HTML assets; None means `no-cache` (always revalidate with the ETag).
+    pub asset_max_age: Option<u32>,
+}
+
+/// The app's own configuration sits at the release root and is never served.
+const CONFIG_FILE: &str = "shoal.toml";
+/// Tried in order inside a directory requested with a trailing slash.
+const INDEX_FILES: [&str; 2] = ["index.html", "index.htm"];
+/// Longer path segments would fail with ENAMETOOLONG; refusing them up front keeps that a 404.
+const MAX_SEGMENT_BYTES: usize = 255;
+/// How much of an HTML file is searched for a `<meta>` charset, as browsers do.
+const CHARSET_SNIFF_BYTES: u64 = 1024;
+/// Read size for streamed bodies: large enough to keep syscalls per megabyte low.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Hex digits of the SHA-256 kept in an ETag; 80 bits is plenty to tell paths apart.
+const ETAG_HEX_DIGITS: usize = 20;
+/// `httpdate` panics outside 1970..=9999, so later modification times are not advertised.
+const LAST_HTTP_DATE_SECS: u64 = 253_402_300_799;
+/// Characters escaped when a path segment is written back into a `Location`.
+const SEGMENT_ESCAPES: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// Serves `path` (the request path relative to the app root, starting with "/", still percent-encoded, no
+/// query) from `root`, whose content never changes for `release_id` (use it in ETags).
+pub async fn serve(
+    root: &Path,
+    release_id: &str,
+    path: &str,
+    request: &http::request::Parts,
+    options: &StaticOptions,
+) -> Response<Body> {
+    if request.method != Method::GET && request.method != Method::HEAD {
+        return method_not_allowed();
+    }
+    match serve_checked(root, release_id, path, request, options).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(root = %root.display(), path, error = %error, "static file failed");
+            plain_text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+async fn serve_checked(
+    root: &Path,
+    release_id: &str,
+    path: &str,
+    request: &http::request::Parts,
+    options: &StaticOptions,
+) -> io::Result<Response<Body>> {
+    let Some(request_path) = RequestPath::parse(path) else {
+        return Ok(not_found());
+    };
+    let lookup = Lookup {
+        root: root.to_path_buf(),
+        request_path,
+        spa_fallback: options.spa_fallback.clone(),
+        accepts_gzip: accepts_gzip(&request.headers),
+    };
+    match run_blocking(move || lookup.locate()).await? {
+        Located::Missing | Located::Refused => Ok(not_found()),
+        Located::Redirect(location) => Ok(redirect(&location)),
+        Located::File(choice) => respond_with_file(choice, release_id, request, options).await,
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// A request path, decoded and split, with every segment safe to join onto the root.
+struct RequestPath {
+    segments: Vec<String>,
+    trailing_slash: bool,
+}
+
+impl RequestPath {
+    fn parse(raw: &str) -> Option<Self> {
+        let decoded = percent_decode_str(raw).decode_utf8().ok()?;
+        Some(Self {
+            segments: safe_segments(&decoded)?,
+            trailing_slash: decoded.ends_with('/'),
+        })
+    }
+
+    /// Built from the decoded segments, not echoed from the request: `//evil.example` must not
+    /// become a protocol-relative redirect.
+    fn directory_location(&self) -> String {
+        let mut location = String::from("/");
+        for segment in &self.segments {
+            location.extend(utf8_percent_encode(segment, SEGMENT_ESCAPES));
+            location.push('/');
+        }
+        location
+    }
+}
+
+/// Splits a decoded path into segments, or `None` when the path tries to leave where it is joined.
+/// Splitting after decoding is deliberate: `%2F..%2F` must count as a `..` segment.
+fn safe_segments(decoded: &str) -> Option<Vec<String>> {
+    if decoded.contains(['\0', '\\']) {
+        return None;
+    }
+    let mut segments = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => return None,
+            long if long.len() > MAX_SEGMENT_BYTES => return None,
+            segment => segments.push(segment.to_owned()),
+        }
+    }
+    Some(segments)
+}
+
+/// What the filesystem holds at a path relative to the release root.
+enum Entry {
+    /// The canonical path and the modification time, when the platform knows it.
+    File(PathBuf, Option<SystemTime>),
+    Directory,
+    Missing,
+    /// Exists but must not be served: outside the root after following symlinks, or the config.
+    Refused,
+}
+
+/// The release directory, canonicalized so that containment checks compare like with like.
+struct Release {
+    root: PathBuf,
+}
+
+impl Release {
+    fn entry(&self, relative: &str) -> io::Result<Entry> {
+        let canonical = match std::fs::canonicalize(self.root.join(relative)) {
+            Ok(canonical) => canonical,
+            Err(error) if is_missing(&error) => return Ok(Entry::Missing),
+            Err(error) => return Err(error),
+        };
+        if !canonical.starts_with(&self.root) || canonical == self.root.join(CONFIG_FILE) {
+            return Ok(Entry::Refused);
+        }
+        let metadata = std::fs::metadata(&canonical)?;
+        Ok(if metadata.is_dir() {
+            Entry::Directory
+        } else if metadata.is_file() {
+            Entry::File(canonical, metadata.modified().ok())
+        } else {
+            Entry::Missing
+        })
+    }
+}
+
+fn is_missing(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// Everything path resolution needs, owned so that it can move to the blocking pool.
+struct Lookup {
+    root: PathBuf,
+    request_path: RequestPath,
+    spa_fallback: Option<String>,
+    accepts_gzip: bool,
+}
+
+/// The outcome of path resolution.
+enum Located {
+    File(FileChoice),
+    Redirect(String),
+    Missing,
+    Refused,
+}
+
+/// The file chosen for a response, and which of its variants is sent.
+struct FileChoice {
+    /// Path relative to the root after index and fallback resolution; names the representation.
+    relative: String,
+    /// The uncompressed file, which HTML charset sniffing reads even when the `.gz` is sent.
+    identity_path: PathBuf,
+    served_path: PathBuf,
+    served_modified: Option<SystemTime>,
+    gzip: bool,
+    has_gzip_sibling: bool,
+}
+
+impl Lookup {
+    fn locate(self) -> io::Result<Located> {
+        let release = Release {
+            root: std::fs::canonicalize(&self.root)?,
+        };
+        let relative = self.request_path.segments.join("/");
+        let trailing_slash = self.request_path.trailing_slash;
+        match release.entry(&relative)? {
+            Entry::Refused => return Ok(Located::Refused),
+            Entry::File(path, modified) if !trailing_slash => {
+                return self.choose_variant(&release, relative, path, modified);
+            }
+            Entry::Directory if !trailing_slash => {
+                return Ok(Located::Redirect(self.request_path.directory_location()));
+            }
+            Entry::Directory => {
+                for index in INDEX_FILES {
+                    let index_relative = join_relative(&relative, index);
+                    if let Entry::File(path, modified) = release.entry(&index_relative)? {
+                        return self.choose_variant(&release, index_relative, path, modified);
+                    }
+                }
+            }
+            Entry::File(..) | Entry::Missing => {}
+        }
+        self.locate_fallback(&release)
+    }
+
+    fn locate_fallback(&self, release: &Release) -> io::Result<Located> {
+        let Some(fallback) = &self.spa_fallback else {
+            return Ok(Located::Missing);
+        };
+        let Some(segments) = safe_segments(fallback) else {
+            tracing::warn!(fallback = %fallback, "spa fallback path refused");
+            return Ok(Located::Missing);
+        };
+        let relative = segments.join("/");
+        match release.entry(&relative)? {
+            Entry::File(path, modified) => self.choose_variant(release, relative, path, modified),
+            _ => Ok(Located::Missing),
+        }
+    }
+
+    fn choose_variant(
+        &self,
+        release: &Release,
+        relative: String,
+        identity_path: PathBuf,
+        identity_modified: Option<SystemTime>,
+    ) -> io::Result<Located> {
+        let gzip_sibling = match release.entry(&format!("{relative}.gz"))? {
+            Entry::File(path, modified) => Some((path, modified)),
+            _ => None,
+        };
+        let has_gzip_sibling = gzip_sibling.is_some();
+        let (served_path, served_modified, gzip) = match gzip_sibling {
+            Some((path, modified)) if self.accepts_gzip => (path, modified, true),
+            _ => (identity_path.clone(), identity_modified, false),
+        };
+        Ok(Located::File(FileChoice {
+            relative,
+            identity_path,
+            served_path,
+            served_modified,
+            gzip,
+            has_gzip_sibling,
+        }))
+    }
+}
+
+fn join_relative(directory: &str, name: &str) -> String {
+    if directory.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{directory}/{name}")
+    }
+}
+
+/// Headers every response about a file carries, 304 and 416 included.
+struct Representation {
+    etag: String,
+    last_modified: Option<HttpDate>,
+    cache_control: String,
+    vary: bool,
+}
+
+impl Representation {
+    fn new(choice: &FileChoice, release_id: &str, mime: &Mime, options: &StaticOptions) -> Self {
+        let cache_control = match options.asset_max_age {
+            Some(max_age) if !is_html(mime) => format!("public, max-age={max_age}"),
+            _ => "no-cache".to_owned(),
+        };
+        Self {
+            etag: etag(release_id, &choice.relative, choice.gzip),
+            last_modified: choice.served_modified.and_then(http_date),
+            cache_control,
+            vary: choice.has_gzip_sibling,
+        }
+    }
+
+    fn response(&self, status: StatusCode, body: Body) -> Response<Body> {
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        insert(headers, header::ETAG, &self.etag);
+        if let Some(last_modified) = self.last_modified {
+            insert(headers, header::LAST_MODIFIED, &last_modified.to_string());
+        }
+        insert(headers, header::CACHE_CONTROL, &self.cache_control);
+        if self.vary {
+            insert(headers, header::VARY, "Accept-Encoding");
+        }
+        response
+    }
+}
+
+fn etag(release_id: &str, relative: &str, gzip: bool) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(release_id.as_bytes());
+    hasher.update([0]);
+    hasher.update(relative.as_bytes());
+    let digest = hex::encode(hasher.finalize());
+    let suffix = if gzip { "-gz" } else { "" };
+    format!("\"{}{suffix}\"", &digest[..ETAG_HEX_DIGITS])
+}
+
+fn http_date(time: SystemTime) -> Option<HttpDate> {
+    let since_epoch = time.duration_since(UNIX_EPOCH).ok()?;
+    // HTTP dates have whole seconds; truncating here makes comparisons with request dates exact.
+    let whole_seconds = since_epoch.as_secs();
+    (whole_seconds <= LAST_HTTP_DATE_SECS)
+        .then(|| HttpDate::from(UNIX_EPOCH + Duration::from_secs(whole_seconds)))
+}
+
+async fn respond_with_file(
+    choice: FileChoice,
+    release_id: &str,
+    request: &http::request::Parts,
+    options: &StaticOptions,
+) -> io::Result<Response<Body>> {
+    let mime = mime_guess::from_path(&choice.relative).first_or_octet_stream();
+    let representation = Representation::new(&choice, release_id, &mime, options);
+    if is_not_modified(&request.headers, &representation) {
+        return Ok(representation.response(StatusCode::NOT_MODIFIED, body::empty()));
+    }
+    let gzip = choice.gzip;
+    let sniff_charset = is_html(&mime);
+    let opened = run_blocking(move || open_choice(&choice, sniff_charset)).await?;
+    let range = if request.method == Method::GET && !gzip {
+        requested_range(&request.headers, &representation, opened.length)
+    } else {
+        ByteRange::Full
+    };
+    let (status, start, length) = match range {
+        ByteRange::Full => (StatusCode::OK, 0, opened.length),
+        ByteRange::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        ByteRange::Unsatisfiable => {
+            return Ok(range_not_satisfiable(&representation, opened.length))
+        }
+    };
+    let body = if request.method == Method::HEAD {
+        body::empty()
+    } else {
+        file_body(opened.file, start, length).await?
+    };
+    let mut response = representation.response(status, body);
+    let headers = response.headers_mut();
+    let content_type = content_type(&mime, opened.html_charset.as_deref());
+    insert(headers, header::CONTENT_TYPE, &content_type);
+    insert(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if gzip {
+        insert(headers, header::CONTENT_ENCODING, "gzip");
+    } else {
+        insert(headers, header::ACCEPT_RANGES, "bytes");
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        let content_range = format!("bytes {start}-{}/{}", start + length - 1, opened.length);
+        insert(headers, header::CONTENT_RANGE, &content_range);
+    }
+    Ok(response)
+}
+
+fn range_not_satisfiable(representation: &Representation, length: u64) -> Response<Body> {
+    let mut response = representation.response(StatusCode::RANGE_NOT_SATISFIABLE, body::empty());
+    let headers = response.headers_mut();
+    insert(headers, header::CONTENT_RANGE, &format!("bytes */{length}"));
+    insert(headers, header::ACCEPT_RANGES, "bytes");
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    response
+}
+
+/// The served variant, opened, with what was learned while opening it.
+struct OpenedFile {
+    file: std::fs::File,
+    /// Taken from the open handle so that Content-Length matches the bytes streamed.
+    length: u64,
+    html_charset: Option<String>,
+}
+
+fn open_choice(choice: &FileChoice, sniff_charset: bool) -> io::Result<OpenedFile> {
+    let html_charset = if sniff_charset {
+        let mut head = Vec::new();
+        std::fs::File::open(&choice.identity_path)?
+            .take(CHARSET_SNIFF_BYTES)
+            .read_to_end(&mut head)?;
+        sniff_html_charset(&head)
+    } else {
+        None
+    };
+    let file = std::fs::File::open(&choice.served_path)?;
+    let length = file.metadata()?.len();
+    Ok(OpenedFile {
+        file,
+        length,
+        html_charset,
+    })
+}
+
+async fn file_body(file: std::fs::File, start: u64, length: u64) -> io::Result<Body> {
+    let mut file = tokio::fs::File::from_std(file);
+    if start > 0 {
+        file.seek(io::SeekFrom::Start(start)).await?;
+    }
+    let stream = ReaderStream::with_capacity(file.take(length), CHUNK_BYTES)
+        .map_ok(Frame::data)
+        .map_err(BoxError::from);
+    Ok(StreamBody::new(stream).boxed_unsync())
+}
+
+/// RFC 9110 §13.2.2: If-None-Match decides alone when present; If-Modified-Since only otherwise.
+fn is_not_modified(headers: &HeaderMap, representation: &Representation) -> bool {
+    if headers.contains_key(header::IF_NONE_MATCH) {
+        return if_none_match_matches(headers, &representation.etag);
+    }
+    let since = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<HttpDate>().ok());
+    match (since, representation.last_modified) {
+        (Some(since), Some(last_modified)) => last_modified <= since,
+        _ => false,
+    }
+}
+
+/// Weak comparison, as If-None-Match requires: `W/"x"` matches `"x"`.
+fn if_none_match_matches(headers: &HeaderMap, etag: &str) -> bool {
+    header_items(headers, header::IF_NONE_MATCH)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+/// Comma-separated items of every instance of a header, trimmed, empty ones dropped.
+fn header_items(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+}
+
+/// A byte range to serve, inclusive at both ends.
+#[derive(Debug, PartialEq, Eq)]
+enum ByteRange {
+    Full,
+    Partial { start: u64, end: u64 },
+    Unsatisfiable,
+}
+
+fn requested_range(headers: &HeaderMap, representation: &Representation, length: u64) -> ByteRange {
+    let mut ranges = headers.get_all(header::RANGE).into_iter();
+    let (Some(range), None) = (ranges.next(), ranges.next()) else {
+        return ByteRange::Full;
+    };
+    let Ok(range) = range.to_str() else {
+        return ByteRange::Full;
+    };
+    if !if_range_matches(headers, representation) {
+        return ByteRange::Full;
+    }
+    parse_range(range, length)
+}
+
+/// If-Range needs a strong match: a weak ETag never matches, a date only when it is the
+/// Last-Modified exactly.
+fn if_range_matches(headers: &HeaderMap, representation: &Representation) -> bool {
+    let Some(value) = headers.get(header::IF_RANGE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str().map(str::trim) else {
+        return false;
+    };
+    if value.starts_with('"') || value.starts_with("W/") {
+        return value == representation.etag;
+    }
+    match (value.parse::<HttpDate>(), representation.last_modified) {
+        (Ok(date), Some(last_modified)) => date == last_modified,
+        _ => false,
+    }
+}
+
+/// Single ranges only; anything else is ignored (a full 200), which RFC 9110 allows.
+fn parse_range(value: &str, length: u64) -> ByteRange {
+    let Some((unit, spec)) = value.trim().split_once('=') else {
+        return ByteRange::Full;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return ByteRange::Full;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return ByteRange::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        return match parse_digits(last) {
+            Some(0) => ByteRange::Unsatisfiable,
+            Some(_) if length == 0 => ByteRange::Unsatisfiable,
+            Some(suffix) => ByteRange::Partial {
+                start: length - suffix.min(length),
+                end: length - 1,
+            },
+            None => ByteRange::Full,
+        };
+    }
+    let Some(start) = parse_digits(first) else {
+        return ByteRange::Full;
+    };
+    let end = match parse_digits(last) {
+        _ if last.is_empty() => u64::MAX,
+        Some(end) if end >= start => end,
+        _ => return ByteRange::Full,
+    };
+    if start >= length {
+        return ByteRange::Unsatisfiable;
+    }
+    ByteRange::Partial {
+        start,
+        end: end.min(length - 1),
+    }
+}
+
+/// `u64::from_str` would also take a leading `+`, which a byte range does not allow.
+fn parse_digits(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Whether Accept-Encoding allows gzip: explicitly, or through `*`, with q > 0. An absent header
+/// gets the identity variant: clients that decompress say so.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let mut gzip_quality = None;
+    let mut any_quality = None;
+    for item in header_items(headers, header::ACCEPT_ENCODING) {
+        let mut parameters = item.split(';');
+        let coding = parameters.next().unwrap_or_default().trim();
+        let quality = parameters
+            .filter_map(|parameter| parameter.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, value)| value.trim().parse::<f32>().unwrap_or(0.0));
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip_quality = Some(quality);
+        } else if coding == "*" {
+            any_quality = Some(quality);
+        }
+    }
+    gzip_quality
+        .or(any_quality)
+        .is_some_and(|quality| quality > 0.0)
+}
+
+fn is_html(mime: &Mime) -> bool {
+    mime.type_() == mime::TEXT && mime.subtype() == mime::HTML
+}
+
+fn is_text(mime: &Mime) -> bool {
+    mime.type_() == mime::TEXT
+        || matches!(
+            mime.essence_str(),
+            "application/javascript" | "application/json" | "image/svg+xml" | "application/xml"
+        )
+        || mime.suffix() == Some(mime::JSON)
+        || mime.suffix() == Some(mime::XML)
+}
+
+fn content_type(mime: &Mime, html_charset: Option<&str>) -> String {
+    if is_html(mime) {
+        format!("text/html; charset={}", html_charset.unwrap_or("utf-8"))
+    } else if is_text(mime) {
+        format!("{}; charset=utf-8", mime.essence_str())
+    } else {
+        mime.essence_str().to_owned()
+    }
+}
+
+/// The charset an HTML document declares in a `<meta>` within `head`, lowercased, if it names
+/// an encoding browsers know.
+fn sniff_html_charset(head: &[u8]) -> Option<String> {
+    let lowered = head.to_ascii_lowercase();
+    let mut rest = lowered.as_slice();
+    while let Some(at) = find(rest, b"<meta") {
+        rest = &rest[at + b"<meta".len()..];
+        let tag_end = rest
+            .iter()
+            .position(|&byte| byte == b'>')
+            .unwrap_or(rest.len());
+        if let Some(charset) = charset_in_meta(&rest[..tag_end]) {
+            return Some(charset);
+        }
+    }
+    None
+}
+
+/// Finds `charset=<label>` in a meta tag; covers both `charset="x"` and `content="...; charset=x"`.
+fn charset_in_meta(mut tag: &[u8]) -> Option<String> {
+    while let Some(at) = find(tag, b"charset") {
+        tag = &tag[at + b"charset".len()..];
+        let Some(value) = tag.trim_ascii_start().strip_prefix(b"=") else {
+            continue;
+        };
+        let value = value.trim_ascii_start();
+        let value = value
+            .strip_prefix(b"\"")
+            .or_else(|| value.strip_prefix(b"'"))
+            .unwrap_or(value);
+        let label_end = value
+            .iter()
+            .position(|&byte| !(byte.is_ascii_alphanumeric() || b"-_.:".contains(&byte)))
+            .unwrap_or(value.len());
+        let label = &value[..label_end];
+        let encoding = encoding_rs::Encoding::for_label(label)?;
+        // HTML's rules: a <meta> cannot declare UTF-16 (the bytes read as ASCII to get here), and
+        // x-user-defined means windows-1252.
+        return Some(
+            if encoding == encoding_rs::UTF_16BE || encoding == encoding_rs::UTF_16LE {
+                "utf-8".to_owned()
+            } else if encoding == encoding_rs::X_USER_DEFINED {
+                "windows-1252".to_owned()
+            } else {
+                String::from_utf8_lossy(label).into_owned()
+            },
+        );
+    }
+    None
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Values here are built from hex digests, dates, numbers, MIME names, validated charset labels and
+/// percent-encoded paths, so they are always valid; skipping a header beats a panic if not.
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        Err(_) => tracing::warn!(header = %name, "invalid header value skipped"),
+    }
+}
+
+fn plain_text(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    insert(headers, header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    insert(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    response
+}
+
+fn not_found() -> Response<Body> {
+    plain_text(StatusCode::NOT_FOUND, "not found")
+}
+
+fn method_not_allowed() -> Response<Body> {
+    let mut response = plain_text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    insert(response.headers_mut(), header::ALLOW, "GET, HEAD");
+    response
+}
+
+fn redirect(location: &str) -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    let headers = response.headers_mut();
+    insert(headers, header::LOCATION, location);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    response
+}
+
+#[cfg(test)]
+#[path = "static_files_tests.rs"]
+mod tests;

@@ -1,0 +1,293 @@
+//! The admin API: JSON over HTTP under `/v1/`, and Prometheus text at `/metrics`.
+//!
+//! Every `/v1/` call needs `Authorization: Bearer <admin token>`. A deploy streams the bundle
+//! to disk, unpacks and checks it, reads its `shoal.toml`, and only then stores the bundle and
+//! applies the `Deploy` command; any failure on the way leaves nothing behind.
+
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde_json::json;
+use shoal_proxy::body::{self, Body};
+use tracing::{info, warn};
+
+use crate::bundle::BundleError;
+use crate::manifest::{AppSpec, Manifest};
+use crate::node::{unix_ms_now, Node};
+use crate::state::{App, Applied, Command, Release};
+
+/// An API failure: a status and one sentence for the user.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Self {
+        warn!(%error, "admin api request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {error}"))
+    }
+}
+
+impl From<BundleError> for ApiError {
+    fn from(error: BundleError) -> Self {
+        if !error.is_client_error() {
+            return Self::internal(error);
+        }
+        let status = match error {
+            BundleError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, error.to_string())
+    }
+}
+
+/// Answers one admin API request.
+pub async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    if path == "/metrics" && request.method() == Method::GET {
+        return metrics(&node);
+    }
+    if !path.starts_with("/v1/") {
+        return error_response(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; the API lives under /v1/"));
+    }
+    if !authorized(&node, &request) {
+        let mut response = error_response(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token: send `Authorization: Bearer <token>`",
+        ));
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let result = match (request.method().clone(), segments.as_slice()) {
+        (Method::GET, ["apps"]) => Ok(list_apps(&node)),
+        (Method::POST, ["apps"]) => deploy(&node, request).await,
+        (Method::GET, ["apps", name]) => show_app(&node, name),
+        (Method::DELETE, ["apps", name]) => delete_app(&node, name).await,
+        (_, ["apps"]) | (_, ["apps", _]) => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+    };
+    result.unwrap_or_else(error_response)
+}
+
+fn authorized(node: &Node, request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|token| node.token.matches(token.trim()))
+}
+
+fn metrics(node: &Node) -> Response<Body> {
+    let mut text = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &node.registry) {
+        return error_response(ApiError::internal(error));
+    }
+    let mut response = Response::new(body::full(text));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let name_override = query_param(request.uri().query(), "name");
+    let limit = node.bundles.limits().max_compressed_bytes;
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(BundleError::TooLarge { limit }.into());
+    }
+    let staged = node.bundles.stage(request.into_body().into_data_stream()).await?;
+    let unpack_node = node.clone();
+    let (staged, unpacked, spec) = tokio::task::spawn_blocking(move || {
+        let unpacked = unpack_node.bundles.unpack(&staged)?;
+        let spec = Manifest::load(unpacked.path(), name_override.as_deref())
+            .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.to_string().replace(&unpacked.path().display().to_string(), "bundle")))?;
+        Ok::<_, ApiError>((staged, unpacked, spec))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+
+    let _write = node.write_lock.lock().await;
+    let commit_node = node.clone();
+    let applied = tokio::task::spawn_blocking(move || {
+        let digest = staged.digest().to_owned();
+        let bundle_bytes = staged.size();
+        commit_node.bundles.commit(staged, unpacked)?;
+        let command = Command::Deploy {
+            spec,
+            digest,
+            bundle_bytes,
+            at_unix_ms: unix_ms_now(),
+        };
+        let applied = commit_node.apply(&command).map_err(ApiError::internal)?;
+        commit_node.collect_garbage();
+        Ok::<_, ApiError>(applied)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+
+    let (name, created) = match &applied {
+        Applied::Deployed { app, .. } => (app.clone(), true),
+        Applied::Unchanged { app, .. } => (app.clone(), false),
+        other => return Err(ApiError::internal(format!("unexpected deploy outcome {other:?}"))),
+    };
+    let app = node.app(&name).ok_or_else(|| ApiError::internal("deployed app vanished"))?;
+    let release = app.current();
+    info!(app = %name, version = release.version, created, "deploy applied");
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json_response(
+        status,
+        &json!({
+            "app": name,
+            "kind": release.spec.kind,
+            "version": release.version,
+            "digest": release.digest,
+            "created": created,
+            "urls": node.config.app_urls(&name),
+        }),
+    ))
+}
+
+fn list_apps(node: &Node) -> Response<Body> {
+    let table = node.table();
+    let apps: Vec<_> = table.apps().map(|app| AppSummary::new(node, app)).collect();
+    json_response(StatusCode::OK, &json!({ "apps": apps }))
+}
+
+fn show_app(node: &Node, name: &str) -> Result<Response<Body>, ApiError> {
+    let app = node.app(name).ok_or_else(|| no_such_app(name))?;
+    let releases: Vec<_> = app.releases.iter().rev().map(ReleaseView::new).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "app": AppSummary::new(node, &app),
+            "created_at": rfc3339(app.created_at_unix_ms),
+            "releases": releases,
+        }),
+    ))
+}
+
+async fn delete_app(node: &Arc<Node>, name: &str) -> Result<Response<Body>, ApiError> {
+    let _write = node.write_lock.lock().await;
+    let delete_node = node.clone();
+    let name = name.to_owned();
+    let applied = tokio::task::spawn_blocking(move || {
+        let applied = delete_node.apply(&Command::Delete { name })?;
+        delete_node.collect_garbage();
+        Ok::<_, anyhow::Error>(applied)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    match applied {
+        Applied::Deleted { app } => {
+            info!(%app, "app deleted");
+            Ok(json_response(StatusCode::OK, &json!({ "deleted": app })))
+        }
+        Applied::NotFound { app } => Err(no_such_app(&app)),
+        other => Err(ApiError::internal(format!("unexpected delete outcome {other:?}"))),
+    }
+}
+
+fn no_such_app(name: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no app named `{name}`"))
+}
+
+/// One line of `shoal apps`.
+#[derive(Serialize)]
+struct AppSummary {
+    name: String,
+    kind: String,
+    version: u64,
+    digest: String,
+    deployed_at: String,
+    urls: Vec<String>,
+}
+
+impl AppSummary {
+    fn new(node: &Node, app: &App) -> Self {
+        let release = app.current();
+        Self {
+            name: app.name.clone(),
+            kind: release.spec.kind.to_string(),
+            version: release.version,
+            digest: release.digest.clone(),
+            deployed_at: rfc3339(release.deployed_at_unix_ms),
+            urls: node.config.app_urls(&app.name),
+        }
+    }
+}
+
+/// A release as the API shows it.
+#[derive(Serialize)]
+struct ReleaseView<'a> {
+    version: u64,
+    digest: &'a str,
+    bundle_bytes: u64,
+    deployed_at: String,
+    spec: &'a AppSpec,
+}
+
+impl<'a> ReleaseView<'a> {
+    fn new(release: &'a Release) -> Self {
+        Self {
+            version: release.version,
+            digest: &release.digest,
+            bundle_bytes: release.bundle_bytes,
+            deployed_at: rfc3339(release.deployed_at_unix_ms),
+            spec: &release.spec,
+        }
+    }
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+    let mut text = serde_json::to_vec_pretty(value).expect("API views serialize");
+    text.push(b'\n');
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(error: ApiError) -> Response<Body> {
+    json_response(error.status, &json!({ "error": error.message }))
+}

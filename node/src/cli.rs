@@ -1,0 +1,209 @@
+//! The `shoal` command line (DESIGN.md §9): node commands and client commands.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bundle::BundleLimits;
+use crate::manifest::parse_size;
+use crate::node::{NodeConfig, RuntimeKind};
+
+/// Shoal runs what notebooks produce: static apps, API backends and cron jobs, on a
+/// self-hosted cluster.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// Every `shoal` subcommand.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Start the first node of a new cluster. With no flags: a complete single-node cluster,
+    /// ingress on 0.0.0.0:8080, admin API on 127.0.0.1:7070, data in ./shoal-data.
+    Seed(NodeArgs),
+    /// Start a node and join an existing cluster (needs the control plane; not in this build).
+    Join(JoinArgs),
+    /// Pack DIR (which holds shoal.toml) and deploy it as a new release.
+    Deploy(DeployArgs),
+    /// List apps, or show one app with its releases.
+    Apps(AppsArgs),
+    /// Delete an app and its releases.
+    Rm(RmArgs),
+}
+
+/// Flags every node command takes.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Where the node keeps its state (app table, bundles, tokens).
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+    pub data_dir: PathBuf,
+    /// Ingress listen address (HTTP traffic for apps, /healthz, /readyz).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    /// Admin API listen address (deploys, /metrics). Keep it private.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub api: SocketAddr,
+    /// Gossip listen address (UDP), used once nodes form a cluster.
+    #[arg(long, default_value = "0.0.0.0:7946")]
+    pub gossip: SocketAddr,
+    /// QUIC listen address (UDP), used once nodes form a cluster.
+    #[arg(long, default_value = "0.0.0.0:7947")]
+    pub quic: SocketAddr,
+    /// The address other nodes and printed URLs use for this node.
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<IpAddr>,
+    /// Apps answer at http://<app>.<domain>/.
+    #[arg(long, default_value = "localhost")]
+    pub domain: String,
+    /// Container runtime for service apps and jobs (default: docker if it answers).
+    #[arg(long, value_enum)]
+    pub runtime: Option<RuntimeKind>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Largest bundle upload accepted (compressed), e.g. 256MiB.
+    #[arg(long, default_value = "256MiB", value_parser = size_arg)]
+    pub bundle_max_bytes: u64,
+    /// Largest unpacked size of a bundle, e.g. 1GiB (guards against decompression bombs).
+    #[arg(long, default_value = "1GiB", value_parser = size_arg)]
+    pub bundle_max_unpacked_bytes: u64,
+    /// Most files, directories and links one bundle may hold.
+    #[arg(long, default_value_t = 20_000)]
+    pub bundle_max_files: u64,
+    /// Time in-flight requests get to finish at shutdown, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl NodeArgs {
+    /// The node configuration these flags describe.
+    pub fn into_config(self) -> NodeConfig {
+        let node_name = self.name.unwrap_or_else(default_node_name);
+        NodeConfig {
+            data_dir: self.data_dir,
+            http: self.http,
+            api: self.api,
+            gossip: self.gossip,
+            quic: self.quic,
+            advertise: self.advertise,
+            domain: self.domain.trim_end_matches('.').to_ascii_lowercase(),
+            node_name,
+            runtime: self.runtime,
+            bundle_limits: BundleLimits {
+                max_compressed_bytes: self.bundle_max_bytes,
+                max_unpacked_bytes: self.bundle_max_unpacked_bytes,
+                max_files: self.bundle_max_files,
+            },
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+fn size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).ok_or_else(|| format!("`{text}` is not a size like 256MiB"))
+}
+
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "shoal".to_owned())
+}
+
+/// `shoal join`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// A node of the cluster to join, HOST:PORT of its admin API.
+    #[arg(long)]
+    pub seed: String,
+    /// The join token printed by `shoal seed`.
+    #[arg(long)]
+    pub token: String,
+    /// Join as a raft voter (a standby orchestrator).
+    #[arg(long)]
+    pub voter: bool,
+    /// Node flags.
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// How client commands reach the admin API.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The admin API, HOST:PORT or a URL.
+    #[arg(long = "api", env = "SHOAL_API", default_value = "127.0.0.1:7070")]
+    pub api: String,
+    /// The admin token (default: read from <data-dir>/tokens/admin).
+    #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The data dir whose token file is used when no token is given.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `shoal deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The app's directory; it must hold shoal.toml.
+    pub dir: PathBuf,
+    /// Deploy under this name instead of shoal.toml's `name`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `shoal apps`.
+#[derive(Debug, Args)]
+pub struct AppsArgs {
+    /// Show this app and its releases instead of the list.
+    pub name: Option<String>,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `shoal rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The app to delete.
+    pub name: String,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seed_defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["shoal", "seed"]).unwrap();
+        let CliCommand::Seed(args) = cli.command else { panic!("not seed") };
+        let config = args.into_config();
+        assert_eq!(config.http, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.api, "127.0.0.1:7070".parse().unwrap());
+        assert_eq!(config.gossip, "0.0.0.0:7946".parse().unwrap());
+        assert_eq!(config.quic, "0.0.0.0:7947".parse().unwrap());
+        assert_eq!(config.domain, "localhost");
+        assert_eq!(config.bundle_limits.max_compressed_bytes, 256 << 20);
+    }
+}

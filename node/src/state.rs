@@ -1,0 +1,286 @@
+//! The app table: a deterministic state machine over [`Command`]s.
+//!
+//! `apply(index, command)` is the only way the table changes, and it depends on nothing but
+//! the table, the index and the command (the time of a deploy travels inside the command).
+//! That is the shape openraft's state machine needs: today a single node feeds it commands
+//! in order; with the control plane, the raft log does.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{AppKind, AppSpec};
+
+/// Releases kept per app (older ones are forgotten and their bundles collected).
+pub const RELEASE_HISTORY: usize = 10;
+
+/// A change to the app table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Make `spec` with the bundle `digest` the current release of `spec.name`.
+    Deploy {
+        /// The validated manifest.
+        spec: AppSpec,
+        /// sha256 of the bundle blob, lowercase hex.
+        digest: String,
+        /// Size of the bundle blob.
+        bundle_bytes: u64,
+        /// When the deploy was accepted (Unix ms), stamped by the proposer.
+        at_unix_ms: u64,
+    },
+    /// Remove an app and its releases.
+    Delete {
+        /// The app.
+        name: String,
+    },
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Applied {
+    /// A new release became current.
+    Deployed {
+        /// The app.
+        app: String,
+        /// The new release's version.
+        version: u64,
+    },
+    /// The bundle is already the current release: nothing changed.
+    Unchanged {
+        /// The app.
+        app: String,
+        /// The current version.
+        version: u64,
+    },
+    /// The app is gone.
+    Deleted {
+        /// The app.
+        app: String,
+    },
+    /// There was no such app.
+    NotFound {
+        /// The app.
+        app: String,
+    },
+}
+
+/// One deployed version of an app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    /// 1, 2, 3... per app; never reused.
+    pub version: u64,
+    /// sha256 of the bundle.
+    pub digest: String,
+    /// Size of the bundle blob.
+    pub bundle_bytes: u64,
+    /// When it was deployed (Unix ms).
+    pub deployed_at_unix_ms: u64,
+    /// The manifest it was deployed with.
+    pub spec: AppSpec,
+}
+
+/// An app and its recent releases.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    /// The app's name.
+    pub name: String,
+    /// When the app was first deployed (Unix ms).
+    pub created_at_unix_ms: u64,
+    /// Recent releases, oldest first; the last is current.
+    pub releases: Vec<Release>,
+}
+
+impl App {
+    /// The release requests go to.
+    pub fn current(&self) -> &Release {
+        self.releases
+            .last()
+            .expect("an app always holds at least one release")
+    }
+
+    /// What the current release is.
+    pub fn kind(&self) -> AppKind {
+        self.current().spec.kind
+    }
+}
+
+/// Every app, and the index of the last command applied.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppTable {
+    apps: BTreeMap<String, App>,
+    last_applied: u64,
+}
+
+impl AppTable {
+    /// Rebuilds a table from persisted parts.
+    pub fn from_parts(apps: impl IntoIterator<Item = App>, last_applied: u64) -> Self {
+        Self {
+            apps: apps.into_iter().map(|app| (app.name.clone(), app)).collect(),
+            last_applied,
+        }
+    }
+
+    /// Index of the last applied command (0 for a new table).
+    pub fn last_applied(&self) -> u64 {
+        self.last_applied
+    }
+
+    /// One app.
+    pub fn get(&self, name: &str) -> Option<&App> {
+        self.apps.get(name)
+    }
+
+    /// Every app, by name.
+    pub fn apps(&self) -> impl Iterator<Item = &App> {
+        self.apps.values()
+    }
+
+    /// Every bundle digest some kept release names.
+    pub fn referenced_digests(&self) -> BTreeSet<String> {
+        self.apps
+            .values()
+            .flat_map(|app| app.releases.iter().map(|r| r.digest.clone()))
+            .collect()
+    }
+
+    /// Applies the command at log position `index`. The caller applies each index once, in
+    /// increasing order (the log, or raft, guarantees it).
+    pub fn apply(&mut self, index: u64, command: &Command) -> Applied {
+        let applied = match command {
+            Command::Deploy {
+                spec,
+                digest,
+                bundle_bytes,
+                at_unix_ms,
+            } => self.deploy(spec, digest, *bundle_bytes, *at_unix_ms),
+            Command::Delete { name } => match self.apps.remove(name) {
+                Some(_) => Applied::Deleted { app: name.clone() },
+                None => Applied::NotFound { app: name.clone() },
+            },
+        };
+        self.last_applied = self.last_applied.max(index);
+        applied
+    }
+
+    fn deploy(&mut self, spec: &AppSpec, digest: &str, bundle_bytes: u64, at: u64) -> Applied {
+        let app = self.apps.entry(spec.name.clone()).or_insert_with(|| App {
+            name: spec.name.clone(),
+            created_at_unix_ms: at,
+            releases: Vec::new(),
+        });
+        if let Some(current) = app.releases.last() {
+            if current.digest == digest && current.spec == *spec {
+                return Applied::Unchanged {
+                    app: app.name.clone(),
+                    version: current.version,
+                };
+            }
+        }
+        let version = app.releases.last().map_or(1, |r| r.version + 1);
+        app.releases.push(Release {
+            version,
+            digest: digest.to_owned(),
+            bundle_bytes,
+            deployed_at_unix_ms: at,
+            spec: spec.clone(),
+        });
+        if app.releases.len() > RELEASE_HISTORY {
+            let excess = app.releases.len() - RELEASE_HISTORY;
+            app.releases.drain(..excess);
+        }
+        Applied::Deployed {
+            app: app.name.clone(),
+            version,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    fn deploy(name: &str, digest: &str, at: u64) -> Command {
+        let spec = Manifest::parse(&format!("name = \"{name}\"\nkind = \"static\"\n"), "t", None)
+            .unwrap();
+        Command::Deploy {
+            spec,
+            digest: digest.into(),
+            bundle_bytes: 10,
+            at_unix_ms: at,
+        }
+    }
+
+    #[test]
+    fn deploys_create_versions_and_same_content_is_unchanged() {
+        let mut table = AppTable::default();
+        assert_eq!(
+            table.apply(1, &deploy("a", "d1", 100)),
+            Applied::Deployed { app: "a".into(), version: 1 }
+        );
+        assert_eq!(
+            table.apply(2, &deploy("a", "d1", 200)),
+            Applied::Unchanged { app: "a".into(), version: 1 }
+        );
+        assert_eq!(
+            table.apply(3, &deploy("a", "d2", 300)),
+            Applied::Deployed { app: "a".into(), version: 2 }
+        );
+        // Going back to old content is a new release, not a rewind.
+        assert_eq!(
+            table.apply(4, &deploy("a", "d1", 400)),
+            Applied::Deployed { app: "a".into(), version: 3 }
+        );
+        let app = table.get("a").unwrap();
+        assert_eq!(app.created_at_unix_ms, 100);
+        assert_eq!(app.current().deployed_at_unix_ms, 400);
+        assert_eq!(table.last_applied(), 4);
+    }
+
+    #[test]
+    fn delete_removes_and_reports_missing_apps() {
+        let mut table = AppTable::default();
+        table.apply(1, &deploy("a", "d1", 1));
+        table.apply(2, &deploy("b", "d2", 1));
+        assert_eq!(
+            table.apply(3, &Command::Delete { name: "a".into() }),
+            Applied::Deleted { app: "a".into() }
+        );
+        assert_eq!(
+            table.apply(4, &Command::Delete { name: "a".into() }),
+            Applied::NotFound { app: "a".into() }
+        );
+        assert_eq!(table.referenced_digests().into_iter().collect::<Vec<_>>(), ["d2"]);
+        // Versions restart after a delete: the app is new.
+        assert_eq!(
+            table.apply(5, &deploy("a", "d3", 1)),
+            Applied::Deployed { app: "a".into(), version: 1 }
+        );
+    }
+
+    #[test]
+    fn history_is_bounded_and_versions_keep_counting() {
+        let mut table = AppTable::default();
+        for i in 0..25u64 {
+            table.apply(i + 1, &deploy("a", &format!("d{i}"), i));
+        }
+        let app = table.get("a").unwrap();
+        assert_eq!(app.releases.len(), RELEASE_HISTORY);
+        assert_eq!(app.current().version, 25);
+        assert_eq!(app.releases[0].version, 16);
+        assert!(!table.referenced_digests().contains("d0"));
+    }
+
+    #[test]
+    fn replaying_the_same_commands_gives_the_same_table() {
+        let commands = [deploy("a", "d1", 1), deploy("b", "d2", 2), Command::Delete { name: "a".into() }];
+        let mut first = AppTable::default();
+        let mut second = AppTable::default();
+        for (i, command) in commands.iter().enumerate() {
+            first.apply(i as u64 + 1, command);
+            second.apply(i as u64 + 1, command);
+        }
+        assert_eq!(first, second);
+    }
+}
