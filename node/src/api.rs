@@ -36,7 +36,10 @@ impl ApiError {
 
     fn internal(error: impl std::fmt::Display) -> Self {
         warn!(%error, "admin api request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {error}"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {error}"),
+        )
     }
 }
 
@@ -60,7 +63,10 @@ pub async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Response<Bod
         return metrics(&node);
     }
     if !path.starts_with("/v1/") {
-        return error_response(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; the API lives under /v1/"));
+        return error_response(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such endpoint; the API lives under /v1/",
+        ));
     }
     if !authorized(&node, &request) {
         let mut response = error_response(ApiError::new(
@@ -78,7 +84,10 @@ pub async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Response<Bod
         (Method::POST, ["apps"]) => deploy(&node, request).await,
         (Method::GET, ["apps", name]) => show_app(&node, name),
         (Method::DELETE, ["apps", name]) => delete_app(&node, name).await,
-        (_, ["apps"]) | (_, ["apps", _]) => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")),
+        (_, ["apps"]) | (_, ["apps", _]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed here",
+        )),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
     };
     result.unwrap_or_else(error_response)
@@ -117,12 +126,21 @@ async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response
     if declared.is_some_and(|length| length > limit) {
         return Err(BundleError::TooLarge { limit }.into());
     }
-    let staged = node.bundles.stage(request.into_body().into_data_stream()).await?;
+    let staged = node
+        .bundles
+        .stage(request.into_body().into_data_stream())
+        .await?;
     let unpack_node = node.clone();
     let (staged, unpacked, spec) = tokio::task::spawn_blocking(move || {
         let unpacked = unpack_node.bundles.unpack(&staged)?;
-        let spec = Manifest::load(unpacked.path(), name_override.as_deref())
-            .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.to_string().replace(&unpacked.path().display().to_string(), "bundle")))?;
+        let spec = Manifest::load(unpacked.path(), name_override.as_deref()).map_err(|error| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                error
+                    .to_string()
+                    .replace(&unpacked.path().display().to_string(), "bundle"),
+            )
+        })?;
         Ok::<_, ApiError>((staged, unpacked, spec))
     })
     .await
@@ -135,7 +153,7 @@ async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response
         let bundle_bytes = staged.size();
         commit_node.bundles.commit(staged, unpacked)?;
         let command = Command::Deploy {
-            spec,
+            spec: Box::new(spec),
             digest,
             bundle_bytes,
             at_unix_ms: unix_ms_now(),
@@ -150,12 +168,22 @@ async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response
     let (name, created) = match &applied {
         Applied::Deployed { app, .. } => (app.clone(), true),
         Applied::Unchanged { app, .. } => (app.clone(), false),
-        other => return Err(ApiError::internal(format!("unexpected deploy outcome {other:?}"))),
+        other => {
+            return Err(ApiError::internal(format!(
+                "unexpected deploy outcome {other:?}"
+            )))
+        }
     };
-    let app = node.app(&name).ok_or_else(|| ApiError::internal("deployed app vanished"))?;
+    let app = node
+        .app(&name)
+        .ok_or_else(|| ApiError::internal("deployed app vanished"))?;
     let release = app.current();
     info!(app = %name, version = release.version, created, "deploy applied");
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(json_response(
         status,
         &json!({
@@ -206,7 +234,9 @@ async fn delete_app(node: &Arc<Node>, name: &str) -> Result<Response<Body>, ApiE
             Ok(json_response(StatusCode::OK, &json!({ "deleted": app })))
         }
         Applied::NotFound { app } => Err(no_such_app(&app)),
-        other => Err(ApiError::internal(format!("unexpected delete outcome {other:?}"))),
+        other => Err(ApiError::internal(format!(
+            "unexpected delete outcome {other:?}"
+        ))),
     }
 }
 

@@ -161,14 +161,20 @@ async fn pack_stage_unpack_commit_round_trip() {
         last_progress = (done, total)
     })
     .unwrap();
-    assert_eq!(summary, PackSummary { files: 3, bytes: 33 });
-    assert_eq!(last_progress, (33, 33));
+    assert_eq!(
+        summary,
+        PackSummary {
+            files: 3,
+            bytes: 32
+        }
+    );
+    assert_eq!(last_progress, (32, 32));
 
     let (data_dir, store) = open_store(BundleLimits::default());
     let (staged, unpacked) = unpack_bytes(&store, &archive).await.unwrap();
     assert_eq!(staged.digest(), hex::encode(Sha256::digest(&archive)));
     assert_eq!(staged.size(), archive.len() as u64);
-    assert_eq!((unpacked.files(), unpacked.bytes()), (3, 33));
+    assert_eq!((unpacked.files(), unpacked.bytes()), (3, 32));
     let digest = staged.digest().to_owned();
 
     let release = store.commit(staged, unpacked).unwrap();
@@ -177,7 +183,10 @@ async fn pack_stage_unpack_commit_round_trip() {
         fs::read_to_string(release.join("shoal.toml")).unwrap(),
         "name = \"demo\"\n"
     );
-    assert_eq!(fs::read_to_string(release.join("style.css")).unwrap(), "body {}\n");
+    assert_eq!(
+        fs::read_to_string(release.join("style.css")).unwrap(),
+        "body {}\n"
+    );
     assert_eq!(
         fs::read_link(release.join("style.css")).unwrap(),
         Path::new("static/css/site.css")
@@ -252,7 +261,12 @@ async fn committing_the_same_content_twice_keeps_one_copy() {
     assert_eq!(store.digests().unwrap().len(), 1);
     assert_eq!(store.stored_bytes(), archive.len() as u64);
     assert!(dir_entries(&data_dir.path().join("bundles/tmp")).is_empty());
-    assert_eq!(dir_entries(&data_dir.path().join("bundles/releases")).len(), 1);
+    assert_eq!(
+        dir_entries(&data_dir.path().join("bundles/releases")).len(),
+        1
+    );
+    store.remove(&store.digests().unwrap()[0]).unwrap();
+    assert_store_empty(&data_dir);
 }
 
 #[tokio::test]
@@ -265,7 +279,10 @@ async fn long_names_and_pax_names_unpack() {
     symlink(&long_name, app.path().join("link")).unwrap();
     let (_data_dir, store) = open_store(BundleLimits::default());
     let (_staged, unpacked) = unpack_bytes(&store, &pack(app.path())).await.unwrap();
-    assert_eq!(fs::read_to_string(unpacked.path().join("link")).unwrap(), "deep");
+    assert_eq!(
+        fs::read_to_string(unpacked.path().join("link")).unwrap(),
+        "deep"
+    );
 
     let archive = RawTar::new()
         .pax(&[("path", b"pax-name.txt"), ("mtime", b"1")])
@@ -287,10 +304,7 @@ async fn modes_are_tamed_and_late_directory_entries_are_accepted() {
     let (_staged, unpacked) = unpack_bytes(&store, &archive).await.unwrap();
     assert_eq!(mode_of(&unpacked.path().join("bin/tool")), 0o755);
     assert_eq!(mode_of(&unpacked.path().join("bin/plain")), 0o644);
-    assert_eq!(
-        fs::read(unpacked.path().join("tool-again")).unwrap(),
-        b"#!"
-    );
+    assert_eq!(fs::read(unpacked.path().join("tool-again")).unwrap(), b"#!");
     assert_eq!((unpacked.files(), unpacked.bytes()), (3, 3));
 }
 
@@ -337,7 +351,10 @@ async fn symlinks_leaving_the_bundle_are_refused() {
     let err = refused(RawTar::new().symlink("sub/a", "../../x").finish()).await;
     assert!(matches!(err, BundleError::LinkEscapes { .. }), "{err}");
     // `d/..` reads as the root, but climbs out when `d` is itself a link to `.`.
-    let archive = RawTar::new().symlink("d", ".").symlink("e", "d/..").finish();
+    let archive = RawTar::new()
+        .symlink("d", ".")
+        .symlink("e", "d/..")
+        .finish();
     let err = refused(archive).await;
     assert!(matches!(err, BundleError::LinkUnsupported { .. }), "{err}");
 }
@@ -391,15 +408,33 @@ async fn hard_links_must_name_an_earlier_file() {
 
 #[tokio::test]
 async fn devices_and_fifos_are_refused() {
-    let err = refused(RawTar::new().entry("dev/null", EntryType::Char, "", b"").finish()).await;
+    let err = refused(
+        RawTar::new()
+            .entry("dev/null", EntryType::Char, "", b"")
+            .finish(),
+    )
+    .await;
     assert_eq!(
         err.to_string(),
         "bundle entry `dev/null` is a device file; only files, directories and links inside the bundle are allowed"
     );
-    let err = refused(RawTar::new().entry("sda", EntryType::Block, "", b"").finish()).await;
+    let err = refused(
+        RawTar::new()
+            .entry("sda", EntryType::Block, "", b"")
+            .finish(),
+    )
+    .await;
     assert!(matches!(err, BundleError::SpecialFile { .. }), "{err}");
-    let err = refused(RawTar::new().entry("pipe", EntryType::Fifo, "", b"").finish()).await;
-    assert!(matches!(err, BundleError::SpecialFile { kind: "FIFO", .. }), "{err}");
+    let err = refused(
+        RawTar::new()
+            .entry("pipe", EntryType::Fifo, "", b"")
+            .finish(),
+    )
+    .await;
+    assert!(
+        matches!(err, BundleError::SpecialFile { kind: "FIFO", .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -407,7 +442,10 @@ async fn duplicates_and_files_as_parents_are_refused() {
     let err = refused(RawTar::new().file("a", b"1").file("a", b"2").finish()).await;
     assert_eq!(err.to_string(), "bundle entry `a` appears more than once");
     let err = refused(RawTar::new().file("a", b"1").file("a/b", b"2").finish()).await;
-    assert!(matches!(err, BundleError::ParentNotDirectory { .. }), "{err}");
+    assert!(
+        matches!(err, BundleError::ParentNotDirectory { .. }),
+        "{err}"
+    );
     let err = refused(RawTar::new().file("a/b", b"1").file("a", b"2").finish()).await;
     assert!(matches!(err, BundleError::Duplicate { .. }), "{err}");
 }
@@ -418,7 +456,11 @@ async fn too_many_entries_are_refused() {
         max_files: 3,
         ..BundleLimits::default()
     };
-    let archive = RawTar::new().file("a", b"").file("b", b"").file("c/d", b"").finish();
+    let archive = RawTar::new()
+        .file("a", b"")
+        .file("b", b"")
+        .file("c/d", b"")
+        .finish();
     let err = refused_with(archive, limits).await;
     assert_eq!(
         err.to_string(),
@@ -432,7 +474,10 @@ async fn too_many_declared_bytes_are_refused() {
         max_unpacked_bytes: 1024,
         ..BundleLimits::default()
     };
-    let archive = RawTar::new().file("a", &[1; 600]).file("b", &[2; 600]).finish();
+    let archive = RawTar::new()
+        .file("a", &[1; 600])
+        .file("b", &[2; 600])
+        .finish();
     let err = refused_with(archive, limits).await;
     assert_eq!(
         err.to_string(),
@@ -456,7 +501,10 @@ async fn decompression_bombs_are_cut_off() {
         ..BundleLimits::default()
     };
     let err = refused_with(archive, limits).await;
-    assert!(matches!(err, BundleError::TooManyBytesUnpacked { .. }), "{err}");
+    assert!(
+        matches!(err, BundleError::TooManyBytesUnpacked { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -477,10 +525,7 @@ async fn oversized_uploads_are_refused_while_staging() {
 #[tokio::test]
 async fn a_failed_upload_stream_leaves_nothing() {
     let (data_dir, store) = open_store(BundleLimits::default());
-    let chunks = vec![
-        Ok(Bytes::from_static(b"partial")),
-        Err("connection reset"),
-    ];
+    let chunks = vec![Ok(Bytes::from_static(b"partial")), Err("connection reset")];
     let err = store
         .stage(futures_util::stream::iter(chunks))
         .await
@@ -493,7 +538,9 @@ async fn a_failed_upload_stream_leaves_nothing() {
 async fn garbage_and_malformed_archives_are_refused() {
     let err = refused(b"this is not zstd at all".to_vec()).await;
     assert!(matches!(err, BundleError::InvalidArchive(_)), "{err}");
-    assert!(err.to_string().starts_with("bundle is not a valid tar.zst archive: "));
+    assert!(err
+        .to_string()
+        .starts_with("bundle is not a valid tar.zst archive: "));
     let err = refused(compress(&[0x41; 2048])).await;
     assert!(matches!(err, BundleError::InvalidArchive(_)), "{err}");
     let err = refused(Vec::new()).await;

@@ -197,7 +197,9 @@ mod tests {
     #[test]
     fn seed_defaults_match_the_design() {
         let cli = Cli::try_parse_from(["shoal", "seed"]).unwrap();
-        let CliCommand::Seed(args) = cli.command else { panic!("not seed") };
+        let CliCommand::Seed(args) = cli.command else {
+            panic!("not seed")
+        };
         let config = args.into_config();
         assert_eq!(config.http, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(config.api, "127.0.0.1:7070".parse().unwrap());

@@ -69,12 +69,17 @@ impl ApiClient {
             }
         })?;
         let status = response.status();
-        let text = response.text().await.context("the admin API's answer broke off")?;
+        let text = response
+            .text()
+            .await
+            .context("the admin API's answer broke off")?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             return Ok(value);
         }
-        let message = value["error"].as_str().map_or_else(|| value.to_string(), str::to_owned);
+        let message = value["error"]
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_owned);
         bail!("{message} (HTTP {})", status.as_u16())
     }
 }
@@ -112,9 +117,17 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let digest = value["digest"].as_str().unwrap_or("");
     let version = &value["version"];
     if value["created"].as_bool() == Some(true) {
-        println!("deployed {} release {version} ({}, sha256 {})", spec.name, spec.kind, &digest[..12.min(digest.len())]);
+        println!(
+            "deployed {} release {version} ({}, sha256 {})",
+            spec.name,
+            spec.kind,
+            &digest[..12.min(digest.len())]
+        );
     } else {
-        println!("{} is unchanged: release {version} already holds this content", spec.name);
+        println!(
+            "{} is unchanged: release {version} already holds this content",
+            spec.name
+        );
     }
     for url in value["urls"].as_array().into_iter().flatten() {
         println!("  {}", url.as_str().unwrap_or_default());
@@ -135,7 +148,11 @@ async fn pack(dir: &Path, quiet: bool) -> anyhow::Result<tempfile::NamedTempFile
         })
         .with_context(|| format!("cannot pack {}", dir.display()))?;
         bar.finish_and_clear();
-        tracing::debug!(files = summary.files, bytes = summary.bytes, "packed bundle");
+        tracing::debug!(
+            files = summary.files,
+            bytes = summary.bytes,
+            "packed bundle"
+        );
         Ok(packed)
     })
     .await?
@@ -147,9 +164,11 @@ fn progress_bar(total: u64, label: &'static str, hidden: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>7} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>7} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(label);
     bar
@@ -162,7 +181,9 @@ pub async fn apps(args: AppsArgs) -> anyhow::Result<()> {
         Some(name) => format!("/v1/apps/{name}"),
         None => "/v1/apps".to_owned(),
     };
-    let value = client.send(client.request(reqwest::Method::GET, &path)).await?;
+    let value = client
+        .send(client.request(reqwest::Method::GET, &path))
+        .await?;
     if args.client.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else if args.name.is_some() {
@@ -196,7 +217,12 @@ fn print_apps(value: &Value) {
 
 fn print_app(value: &Value) {
     let app = &value["app"];
-    println!("{} ({}), release {}", plain(&app["name"]), plain(&app["kind"]), plain(&app["version"]));
+    println!(
+        "{} ({}), release {}",
+        plain(&app["name"]),
+        plain(&app["kind"]),
+        plain(&app["version"])
+    );
     for url in app["urls"].as_array().into_iter().flatten() {
         println!("  {}", plain(url));
     }

@@ -45,9 +45,10 @@ async fn run(command: CliCommand) -> anyhow::Result<()> {
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
 async fn shut_down_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut interrupt), Ok(mut terminate)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         warn!("cannot install signal handlers; stop the node with SIGKILL");
         return;
     };

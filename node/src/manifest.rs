@@ -199,7 +199,11 @@ impl Manifest {
     }
 
     /// Parses and validates manifest text; `file` names it in errors.
-    pub fn parse(text: &str, file: &str, name_override: Option<&str>) -> Result<AppSpec, ManifestError> {
+    pub fn parse(
+        text: &str,
+        file: &str,
+        name_override: Option<&str>,
+    ) -> Result<AppSpec, ManifestError> {
         let error = |message: String| ManifestError {
             file: file.to_owned(),
             message,
@@ -266,9 +270,11 @@ fn check_kind_fields(
     match kind {
         AppKind::Static => {
             if !command.is_empty() || port.is_some() || schedule.is_some() {
-                return Err("`command`, `port` and `schedule` are not for `kind = \"static\"` apps: \
+                return Err(
+                    "`command`, `port` and `schedule` are not for `kind = \"static\"` apps: \
                             static apps are files served as they are"
-                    .to_owned());
+                        .to_owned(),
+                );
             }
         }
         AppKind::Service => {
@@ -276,7 +282,9 @@ fn check_kind_fields(
                 return Err("`kind = \"service\"` needs `command`, e.g. `command = [\"node\", \"server.js\"]`".to_owned());
             }
             if port.is_none() {
-                return Err("`kind = \"service\"` needs `port`, the port the app listens on".to_owned());
+                return Err(
+                    "`kind = \"service\"` needs `port`, the port the app listens on".to_owned(),
+                );
             }
             if schedule.is_some() {
                 return Err("`schedule` is only for `kind = \"cron\"` apps".to_owned());
@@ -287,7 +295,10 @@ fn check_kind_fields(
                 return Err("`kind = \"cron\"` needs `command`".to_owned());
             }
             let Some(schedule) = schedule else {
-                return Err("`kind = \"cron\"` needs `schedule`, e.g. `schedule = \"*/5 * * * *\"`".to_owned());
+                return Err(
+                    "`kind = \"cron\"` needs `schedule`, e.g. `schedule = \"*/5 * * * *\"`"
+                        .to_owned(),
+                );
             };
             check_schedule_shape(schedule)?;
         }
@@ -313,8 +324,9 @@ fn resources(raw: Option<RawResources>) -> Result<Resources, String> {
     let defaults = Resources::default();
     let Some(raw) = raw else { return Ok(defaults) };
     let memory_bytes = match raw.memory {
-        Some(text) => parse_size(&text)
-            .ok_or_else(|| format!("`resources.memory = \"{text}\"` is not a size like \"256MiB\""))?,
+        Some(text) => parse_size(&text).ok_or_else(|| {
+            format!("`resources.memory = \"{text}\"` is not a size like \"256MiB\"")
+        })?,
         None => defaults.memory_bytes,
     };
     if memory_bytes < 16 * 1024 * 1024 {
@@ -340,15 +352,18 @@ fn scale(raw: Option<RawScale>) -> Result<Scale, String> {
     let Some(raw) = raw else { return Ok(defaults) };
     let duration = |field: &str, value: Option<String>, default: Duration| match value {
         None => Ok(default),
-        Some(text) => humantime::parse_duration(&text)
-            .map_err(|_| format!("`scale.{field} = \"{text}\"` is not a duration like \"30s\" or \"10m\"")),
+        Some(text) => humantime::parse_duration(&text).map_err(|_| {
+            format!("`scale.{field} = \"{text}\"` is not a duration like \"30s\" or \"10m\"")
+        }),
     };
     let scale = Scale {
         min: raw.min.unwrap_or(defaults.min),
         max: raw.max.unwrap_or(defaults.max),
         idle_timeout: duration("idle_timeout", raw.idle_timeout, defaults.idle_timeout)?,
         pause_after: duration("pause_after", raw.pause_after, defaults.pause_after)?,
-        concurrency_target: raw.concurrency_target.unwrap_or(defaults.concurrency_target),
+        concurrency_target: raw
+            .concurrency_target
+            .unwrap_or(defaults.concurrency_target),
     };
     if scale.max == 0 || scale.min > scale.max {
         return Err(format!(
@@ -365,7 +380,9 @@ fn scale(raw: Option<RawScale>) -> Result<Scale, String> {
 /// "256MiB", "1GiB", "512M", "1048576" -> bytes.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().ok()?;
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -405,21 +422,29 @@ mod tests {
 
     #[test]
     fn each_kind_checks_its_fields() {
-        let service = parse("name = \"api\"\nkind = \"service\"\ncommand = \"node server.js\"\nport = 3000\n").unwrap();
+        let service = parse(
+            "name = \"api\"\nkind = \"service\"\ncommand = \"node server.js\"\nport = 3000\n",
+        )
+        .unwrap();
         assert_eq!(service.command, ["node", "server.js"]);
         assert!(parse("name = \"api\"\nkind = \"service\"\nport = 3000\n")
             .unwrap_err()
             .contains("needs `command`"));
-        assert!(parse("name = \"api\"\nkind = \"service\"\ncommand = [\"node\"]\n")
-            .unwrap_err()
-            .contains("needs `port`"));
+        assert!(
+            parse("name = \"api\"\nkind = \"service\"\ncommand = [\"node\"]\n")
+                .unwrap_err()
+                .contains("needs `port`")
+        );
         assert!(parse("name = \"s\"\nkind = \"static\"\nport = 1\n")
             .unwrap_err()
             .contains("not for `kind = \"static\"`"));
-        assert!(parse("name = \"j\"\nkind = \"cron\"\ncommand = [\"x\"]\nschedule = \"* *\"\n")
-            .unwrap_err()
-            .contains("is not a cron schedule"));
-        parse("name = \"j\"\nkind = \"cron\"\ncommand = [\"x\"]\nschedule = \"@hourly\"\n").unwrap();
+        assert!(
+            parse("name = \"j\"\nkind = \"cron\"\ncommand = [\"x\"]\nschedule = \"* *\"\n")
+                .unwrap_err()
+                .contains("is not a cron schedule")
+        );
+        parse("name = \"j\"\nkind = \"cron\"\ncommand = [\"x\"]\nschedule = \"@hourly\"\n")
+            .unwrap();
     }
 
     #[test]

@@ -77,7 +77,11 @@ impl NodeConfig {
     /// The URLs an app answers on.
     pub fn app_urls(&self, app: &str) -> Vec<String> {
         let port = self.http.port();
-        let port = if port == 80 { String::new() } else { format!(":{port}") };
+        let port = if port == 80 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
         vec![
             format!("http://{app}.{}{port}/", self.domain),
             format!("http://{}{port}{}/", self.public_host(), prefix_for(app)),
@@ -119,7 +123,10 @@ impl Node {
         std::fs::create_dir_all(data_dir.join("raft"))
             .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
         let (token, token_created) = AdminToken::load_or_create(data_dir).with_context(|| {
-            format!("cannot read or create {}", admin_token_path(data_dir).display())
+            format!(
+                "cannot read or create {}",
+                admin_token_path(data_dir).display()
+            )
         })?;
         let bundles = BundleStore::open(&data_dir.join("bundles"), config.bundle_limits.clone())
             .context("cannot open the bundle store")?;
@@ -157,7 +164,12 @@ impl Node {
 
     /// One app, if deployed.
     pub fn app(&self, name: &str) -> Option<App> {
-        self.state.lock().expect("state lock").table().get(name).cloned()
+        self.state
+            .lock()
+            .expect("state lock")
+            .table()
+            .get(name)
+            .cloned()
     }
 
     /// Applies a command, persists it, and updates routing. Blocking (a redb commit): call it
@@ -191,7 +203,9 @@ impl Node {
         for app in table.apps() {
             let target = self.target_for(app);
             for domain in &app.current().spec.domains {
-                routes.domains.insert(domain.to_ascii_lowercase(), app.name.clone());
+                routes
+                    .domains
+                    .insert(domain.to_ascii_lowercase(), app.name.clone());
             }
             routes.apps.insert(app.name.clone(), target);
         }
@@ -251,7 +265,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     let api_listener = bind(config.api, "--api").await?;
     let (node, token_created) = tokio::task::spawn_blocking(move || Node::open(config)).await??;
     if node.config.runtime.is_some() {
-        info!("service apps and jobs arrive with the container runtime; --runtime is recorded only");
+        info!(
+            "service apps and jobs arrive with the container runtime; --runtime is recorded only"
+        );
     }
     print_banner(&node, &http_listener, &api_listener, token_created);
 
@@ -295,21 +311,42 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
 }
 
 fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, token_created: bool) {
-    let http = http.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-    let api = api.local_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+    let http = http
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let api = api
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
     let data_dir = node.config.data_dir.display();
-    println!("shoal node `{}` is up: a single-node cluster", node.config.node_name);
-    println!("  ingress   http://{http}   (apps at http://<app>.{}:{}/ and /apps/<app>/)", node.config.domain, node.config.http.port());
+    println!(
+        "shoal node `{}` is up: a single-node cluster",
+        node.config.node_name
+    );
+    println!(
+        "  ingress   http://{http}   (apps at http://<app>.{}:{}/ and /apps/<app>/)",
+        node.config.domain,
+        node.config.http.port()
+    );
     println!("  admin API http://{api}");
     println!("  data dir  {data_dir}");
     if token_created {
-        println!("  admin token (shown once, kept in {}):", admin_token_path(&node.config.data_dir).display());
+        println!(
+            "  admin token (shown once, kept in {}):",
+            admin_token_path(&node.config.data_dir).display()
+        );
         println!("    {}", node.token.expose());
     } else {
-        println!("  admin token in {}", admin_token_path(&node.config.data_dir).display());
+        println!(
+            "  admin token in {}",
+            admin_token_path(&node.config.data_dir).display()
+        );
     }
     let apps = node.table();
     for app in apps.apps() {
-        println!("  app {:<20} {}", app.name, node.config.app_urls(&app.name).join("  "));
+        println!(
+            "  app {:<20} {}",
+            app.name,
+            node.config.app_urls(&app.name).join("  ")
+        );
     }
 }

@@ -20,7 +20,7 @@ pub enum Command {
     /// Make `spec` with the bundle `digest` the current release of `spec.name`.
     Deploy {
         /// The validated manifest.
-        spec: AppSpec,
+        spec: Box<AppSpec>,
         /// sha256 of the bundle blob, lowercase hex.
         digest: String,
         /// Size of the bundle blob.
@@ -116,7 +116,10 @@ impl AppTable {
     /// Rebuilds a table from persisted parts.
     pub fn from_parts(apps: impl IntoIterator<Item = App>, last_applied: u64) -> Self {
         Self {
-            apps: apps.into_iter().map(|app| (app.name.clone(), app)).collect(),
+            apps: apps
+                .into_iter()
+                .map(|app| (app.name.clone(), app))
+                .collect(),
             last_applied,
         }
     }
@@ -202,10 +205,14 @@ mod tests {
     use crate::manifest::Manifest;
 
     fn deploy(name: &str, digest: &str, at: u64) -> Command {
-        let spec = Manifest::parse(&format!("name = \"{name}\"\nkind = \"static\"\n"), "t", None)
-            .unwrap();
+        let spec = Manifest::parse(
+            &format!("name = \"{name}\"\nkind = \"static\"\n"),
+            "t",
+            None,
+        )
+        .unwrap();
         Command::Deploy {
-            spec,
+            spec: Box::new(spec),
             digest: digest.into(),
             bundle_bytes: 10,
             at_unix_ms: at,
@@ -217,20 +224,32 @@ mod tests {
         let mut table = AppTable::default();
         assert_eq!(
             table.apply(1, &deploy("a", "d1", 100)),
-            Applied::Deployed { app: "a".into(), version: 1 }
+            Applied::Deployed {
+                app: "a".into(),
+                version: 1
+            }
         );
         assert_eq!(
             table.apply(2, &deploy("a", "d1", 200)),
-            Applied::Unchanged { app: "a".into(), version: 1 }
+            Applied::Unchanged {
+                app: "a".into(),
+                version: 1
+            }
         );
         assert_eq!(
             table.apply(3, &deploy("a", "d2", 300)),
-            Applied::Deployed { app: "a".into(), version: 2 }
+            Applied::Deployed {
+                app: "a".into(),
+                version: 2
+            }
         );
         // Going back to old content is a new release, not a rewind.
         assert_eq!(
             table.apply(4, &deploy("a", "d1", 400)),
-            Applied::Deployed { app: "a".into(), version: 3 }
+            Applied::Deployed {
+                app: "a".into(),
+                version: 3
+            }
         );
         let app = table.get("a").unwrap();
         assert_eq!(app.created_at_unix_ms, 100);
@@ -251,11 +270,17 @@ mod tests {
             table.apply(4, &Command::Delete { name: "a".into() }),
             Applied::NotFound { app: "a".into() }
         );
-        assert_eq!(table.referenced_digests().into_iter().collect::<Vec<_>>(), ["d2"]);
+        assert_eq!(
+            table.referenced_digests().into_iter().collect::<Vec<_>>(),
+            ["d2"]
+        );
         // Versions restart after a delete: the app is new.
         assert_eq!(
             table.apply(5, &deploy("a", "d3", 1)),
-            Applied::Deployed { app: "a".into(), version: 1 }
+            Applied::Deployed {
+                app: "a".into(),
+                version: 1
+            }
         );
     }
 
@@ -274,7 +299,11 @@ mod tests {
 
     #[test]
     fn replaying_the_same_commands_gives_the_same_table() {
-        let commands = [deploy("a", "d1", 1), deploy("b", "d2", 2), Command::Delete { name: "a".into() }];
+        let commands = [
+            deploy("a", "d1", 1),
+            deploy("b", "d2", 2),
+            Command::Delete { name: "a".into() },
+        ];
         let mut first = AppTable::default();
         let mut second = AppTable::default();
         for (i, command) in commands.iter().enumerate() {

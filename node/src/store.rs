@@ -19,7 +19,7 @@ const LAST_APPLIED: &str = "last_applied";
 pub enum StoreError {
     /// redb failed (disk full, corruption, another process holding the file).
     #[error("app table storage failed: {0}")]
-    Storage(#[from] redb::Error),
+    Storage(Box<redb::Error>),
     /// A stored row does not decode.
     #[error("app table row `{name}` is unreadable: {source}")]
     Corrupt {
@@ -28,6 +28,12 @@ pub enum StoreError {
         /// Why.
         source: serde_json::Error,
     },
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(error: redb::Error) -> Self {
+        Self::Storage(Box::new(error))
+    }
 }
 
 /// The persisted app table and its in-memory copy.
@@ -73,12 +79,11 @@ fn load(db: &Database) -> Result<AppTable, StoreError> {
         let mut apps = Vec::new();
         for row in apps_table.iter().map_err(redb::Error::from)? {
             let (name, value) = row.map_err(redb::Error::from)?;
-            let app: App = serde_json::from_slice(value.value()).map_err(|source| {
-                StoreError::Corrupt {
+            let app: App =
+                serde_json::from_slice(value.value()).map_err(|source| StoreError::Corrupt {
                     name: name.value().to_owned(),
                     source,
-                }
-            })?;
+                })?;
             apps.push(app);
         }
         let last_applied = meta
@@ -98,14 +103,16 @@ fn persist(db: &Database, index: u64, name: &str, app: Option<&App>) -> Result<(
         let mut apps = txn.open_table(APPS).map_err(redb::Error::from)?;
         match &row {
             Some(row) => {
-                apps.insert(name, row.as_slice()).map_err(redb::Error::from)?;
+                apps.insert(name, row.as_slice())
+                    .map_err(redb::Error::from)?;
             }
             None => {
                 apps.remove(name).map_err(redb::Error::from)?;
             }
         }
         let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-        meta.insert(LAST_APPLIED, index).map_err(redb::Error::from)?;
+        meta.insert(LAST_APPLIED, index)
+            .map_err(redb::Error::from)?;
     }
     txn.commit().map_err(redb::Error::from)?;
     Ok(())
@@ -117,10 +124,14 @@ mod tests {
     use crate::manifest::Manifest;
 
     fn deploy(name: &str, digest: &str) -> Command {
-        let spec = Manifest::parse(&format!("name = \"{name}\"\nkind = \"static\"\n"), "t", None)
-            .unwrap();
+        let spec = Manifest::parse(
+            &format!("name = \"{name}\"\nkind = \"static\"\n"),
+            "t",
+            None,
+        )
+        .unwrap();
         Command::Deploy {
-            spec,
+            spec: Box::new(spec),
             digest: digest.into(),
             bundle_bytes: 1,
             at_unix_ms: 7,

@@ -26,7 +26,9 @@ impl AdminToken {
     pub fn load_or_create(data_dir: &Path) -> std::io::Result<(Self, bool)> {
         let path = admin_token_path(data_dir);
         match std::fs::read_to_string(&path) {
-            Ok(text) if !text.trim().is_empty() => return Ok((Self(text.trim().to_owned()), false)),
+            Ok(text) if !text.trim().is_empty() => {
+                return Ok((Self(text.trim().to_owned()), false))
+            }
             Ok(_) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(error),
@@ -90,7 +92,10 @@ mod tests {
         assert!(!first.matches("shoal_wrong"));
         assert!(!first.matches(""));
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(admin_token_path(dir.path())).unwrap().permissions().mode();
+        let mode = std::fs::metadata(admin_token_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

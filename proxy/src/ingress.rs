@@ -169,7 +169,11 @@ impl Ingress {
         }
     }
 
-    fn add_trailing_slash(&self, app: String, request: &Request<Incoming>) -> (String, Response<Body>) {
+    fn add_trailing_slash(
+        &self,
+        app: String,
+        request: &Request<Incoming>,
+    ) -> (String, Response<Body>) {
         if self.directory.lookup(&app).is_none() {
             return (NO_APP.to_owned(), no_such_app(&app));
         }

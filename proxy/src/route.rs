@@ -69,7 +69,9 @@ pub fn route(host: Option<&str>, path: &str, domain: &str) -> Route {
         return Route::NotFound;
     }
     if app_path.is_empty() {
-        return Route::AddTrailingSlash { app: app.to_owned() };
+        return Route::AddTrailingSlash {
+            app: app.to_owned(),
+        };
     }
     Route::App {
         app: app.to_owned(),
@@ -154,7 +156,10 @@ mod tests {
             route(Some("10.0.0.1:8080"), "/apps/dash/a/b.css", domain),
             app("dash", Mode::Prefix, "/a/b.css")
         );
-        assert_eq!(route(None, "/apps/dash/", domain), app("dash", Mode::Prefix, "/"));
+        assert_eq!(
+            route(None, "/apps/dash/", domain),
+            app("dash", Mode::Prefix, "/")
+        );
         assert_eq!(
             route(Some("localhost:8080"), "/apps/dash", domain),
             Route::AddTrailingSlash { app: "dash".into() }
@@ -168,9 +173,18 @@ mod tests {
         let domain = "localhost";
         assert_eq!(route(Some("localhost"), "/", domain), Route::NotFound);
         assert_eq!(route(Some("localhost"), "/apps/", domain), Route::NotFound);
-        assert_eq!(route(Some("localhost"), "/apps/Dash/", domain), Route::NotFound);
-        assert_eq!(route(Some("localhost"), "/apps/-x/", domain), Route::NotFound);
-        assert_eq!(route(Some("localhost"), "/apps/../etc/", domain), Route::NotFound);
+        assert_eq!(
+            route(Some("localhost"), "/apps/Dash/", domain),
+            Route::NotFound
+        );
+        assert_eq!(
+            route(Some("localhost"), "/apps/-x/", domain),
+            Route::NotFound
+        );
+        assert_eq!(
+            route(Some("localhost"), "/apps/../etc/", domain),
+            Route::NotFound
+        );
         // A deeper subdomain or another domain is not an app host.
         assert_eq!(route(Some("a.b.localhost"), "/", domain), Route::NotFound);
         assert_eq!(route(Some("dash.localhostx"), "/", domain), Route::NotFound);

@@ -34,3 +34,19 @@ pub fn links(html: &str) -> Vec<String> {
     rewrite_str(html, settings).expect("parse html");
     found.into_inner()
 }
+
+/// The `<base href>` of `html`, if it has one.
+pub fn base_href(html: &str) -> Option<String> {
+    let found = std::cell::RefCell::new(None);
+    let settings = RewriteStrSettings {
+        element_content_handlers: vec![element!("base[href]", |el| {
+            found
+                .borrow_mut()
+                .get_or_insert(el.get_attribute("href").unwrap_or_default());
+            Ok(())
+        })],
+        ..RewriteStrSettings::new()
+    };
+    rewrite_str(html, settings).expect("parse html");
+    found.into_inner()
+}

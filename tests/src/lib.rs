@@ -36,7 +36,10 @@ pub fn shoal_bin() -> &'static Path {
         }
         // target/<profile>/deps/<test binary> -> target/<profile>
         let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir layout");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir layout");
         let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") => "dev",
             Some(other) => other,
@@ -44,7 +47,16 @@ pub fn shoal_bin() -> &'static Path {
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "shoal", "--bin", "shoal", "--profile", profile])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "shoal",
+                "--bin",
+                "shoal",
+                "--profile",
+                profile,
+            ])
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");
@@ -132,7 +144,9 @@ impl TestNode {
             if let Ok(mut stream) = std::net::TcpStream::connect(self.http) {
                 use std::io::{Read, Write};
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(
+                    b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                );
                 let mut reply = String::new();
                 let _ = stream.read_to_string(&mut reply);
                 if reply.starts_with("HTTP/1.1 200") {
@@ -224,7 +238,8 @@ pub fn bundle_of(files: &[(&str, &[u8])]) -> Vec<u8> {
         header.set_size(contents.len() as u64);
         header.set_mode(0o644);
         header.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut header, path, *contents).expect("append");
+        tar.append_data(&mut header, path, *contents)
+            .expect("append");
     }
     zstd::encode_all(&tar.into_inner().expect("finish tar")[..], 3).expect("zstd")
 }
