@@ -9,7 +9,9 @@ echo "==> building shoal (release; the first build takes a few minutes)"
 cargo build --release --quiet -p shoal
 shoal=target/release/shoal
 
-"$shoal" seed "$@" &
+# Its own session: a Ctrl-C in the terminal reaches only this script, which forwards exactly
+# one SIGTERM (a second signal would make the node skip draining).
+setsid "$shoal" seed "$@" &
 node=$!
 stop() { kill -TERM "$node" 2>/dev/null || true; wait "$node" 2>/dev/null || true; }
 trap stop INT TERM

@@ -192,7 +192,7 @@ async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response
             "version": release.version,
             "digest": release.digest,
             "created": created,
-            "urls": node.config.app_urls(&name),
+            "urls": node.config.app_urls(&name, release.spec.kind),
         }),
     ))
 }
@@ -264,7 +264,7 @@ impl AppSummary {
             version: release.version,
             digest: release.digest.clone(),
             deployed_at: rfc3339(release.deployed_at_unix_ms),
-            urls: node.config.app_urls(&app.name),
+            urls: node.config.app_urls(&app.name, release.spec.kind),
         }
     }
 }

@@ -56,8 +56,9 @@ async fn shut_down_on_signal(shutdown: CancellationToken) {
         _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
-    info!("shutting down: finishing in-flight requests (send the signal again to stop now)");
+    // Cancel before logging: nothing may stand between the signal and the shutdown.
     shutdown.cancel();
+    info!("shutting down: finishing in-flight requests (send the signal again to stop now)");
     tokio::select! {
         _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
@@ -72,5 +73,8 @@ fn init_tracing(default_level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Its own error report uses eprintln!, which panics when stderr is a closed pipe
+        // (a `| tee` killed by Ctrl-C) and would take the signal handler down with it.
+        .log_internal_errors(false)
         .init();
 }

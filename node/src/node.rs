@@ -74,8 +74,11 @@ impl NodeConfig {
         }
     }
 
-    /// The URLs an app answers on.
-    pub fn app_urls(&self, app: &str) -> Vec<String> {
+    /// The URLs an app of `kind` answers on (none for cron jobs, which serve no requests).
+    pub fn app_urls(&self, app: &str, kind: AppKind) -> Vec<String> {
+        if kind == AppKind::Cron {
+            return Vec::new();
+        }
         let port = self.http.port();
         let port = if port == 80 {
             String::new()
@@ -310,7 +313,16 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Writes a line to stdout, ignoring a closed stdout (println! would panic).
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, token_created: bool) {
+    let mut out = std::io::stdout().lock();
     let http = http
         .local_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
@@ -318,35 +330,35 @@ fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, token_create
         .local_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
     let data_dir = node.config.data_dir.display();
-    println!(
+    say!(out, 
         "shoal node `{}` is up: a single-node cluster",
         node.config.node_name
     );
-    println!(
+    say!(out, 
         "  ingress   http://{http}   (apps at http://<app>.{}:{}/ and /apps/<app>/)",
         node.config.domain,
         node.config.http.port()
     );
-    println!("  admin API http://{api}");
-    println!("  data dir  {data_dir}");
+    say!(out, "  admin API http://{api}");
+    say!(out, "  data dir  {data_dir}");
     if token_created {
-        println!(
+        say!(out, 
             "  admin token (shown once, kept in {}):",
             admin_token_path(&node.config.data_dir).display()
         );
-        println!("    {}", node.token.expose());
+        say!(out, "    {}", node.token.expose());
     } else {
-        println!(
+        say!(out, 
             "  admin token in {}",
             admin_token_path(&node.config.data_dir).display()
         );
     }
     let apps = node.table();
     for app in apps.apps() {
-        println!(
+        say!(out, 
             "  app {:<20} {}",
             app.name,
-            node.config.app_urls(&app.name).join("  ")
+            node.config.app_urls(&app.name, app.kind()).join("  ")
         );
     }
 }

@@ -151,9 +151,12 @@ impl Chromium {
         };
         match status {
             None => {
+                // The whole group: the launcher and every process it started. (`--` is needed,
+                // or procps's kill takes the negative group id for an option.)
                 let _ = Command::new("kill")
-                    .args(["-KILL", &format!("-{}", child.id())])
+                    .args(["-s", "KILL", "--", &format!("-{}", child.id())])
                     .status();
+                let _ = child.kill();
                 let _ = child.wait();
                 panic!(
                     "chromium {args:?} did not finish within {CHROMIUM_DEADLINE:?}; stderr:\n{}",

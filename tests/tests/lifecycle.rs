@@ -64,3 +64,45 @@ async fn sigterm_lets_an_in_flight_download_finish() {
     );
     assert!(node.log().contains("shutting down"), "{}", node.log());
 }
+
+/// `shoal seed | tee log`, then Ctrl-C kills `tee`: the node's stdout and stderr are closed
+/// pipes, and SIGTERM must still shut it down (it once panicked in its signal handler).
+#[test]
+fn sigterm_works_when_stdout_is_a_closed_pipe() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", shoal_tests::free_port());
+    let api = format!("127.0.0.1:{}", shoal_tests::free_port());
+    let mut child = Command::new(shoal_tests::shoal_bin())
+        .args(["seed", "--http", &http, "--api", &api])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("is up"), "{line}");
+    drop(stdout);
+    drop(child.stderr.take());
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("shoal ignored SIGTERM with its output pipes closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+}
