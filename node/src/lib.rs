@@ -6,18 +6,24 @@
 //! - [`node`]: a running node: data dir, listeners, routing snapshot, graceful shutdown.
 //! - [`api`]: the admin API under `/v1/` and `/metrics`.
 //! - [`client`]: `shoal deploy`, `shoal apps`, `shoal rm` against the admin API.
+//! - [`instances`]: the instances of one service app on one worker, as a pure state machine.
 //! - [`manifest`]: `shoal.toml`, from raw to validated [`manifest::AppSpec`].
 //! - [`state`]: the app table as a deterministic state machine over commands.
 //! - [`store`]: the app table persisted in redb.
 //! - [`bundle`]: packing bundles, and the node's content-addressed, hostile-input-proof store.
+//! - [`runtime`]: container runtimes (Docker) and the shared runtime image.
 //! - [`tokens`]: the admin token.
+//! - [`worker`]: runs service apps: one actor per app drives its instance pool on the runtime.
 
 pub mod api;
 pub mod bundle;
 pub mod cli;
 pub mod client;
+pub mod instances;
 pub mod manifest;
 pub mod node;
+pub mod runtime;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod worker;

@@ -27,6 +27,7 @@ use crate::manifest::AppKind;
 use crate::state::{App, AppTable, Applied, Command};
 use crate::store::StateStore;
 use crate::tokens::{admin_token_path, AdminToken};
+use crate::worker::Worker;
 
 /// Which container runtime runs service apps and jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -110,6 +111,8 @@ pub struct Node {
     pub registry: Registry,
     bundle_bytes: Gauge<i64, AtomicI64>,
     ingress_metrics: IngressMetrics,
+    /// Runs service apps' instances.
+    pub worker: Arc<Worker>,
 }
 
 /// The routing snapshot: app name (and custom domain) to target.
@@ -121,10 +124,12 @@ struct Routes {
 
 impl Node {
     /// Opens the data dir and everything in it.
-    pub fn open(config: NodeConfig) -> anyhow::Result<(Arc<Self>, bool)> {
+    pub fn open(mut config: NodeConfig) -> anyhow::Result<(Arc<Self>, bool)> {
+        std::fs::create_dir_all(config.data_dir.join("raft"))
+            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+        // Containers bind-mount releases from here, and mounts need absolute paths.
+        config.data_dir = std::path::absolute(&config.data_dir)?;
         let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir.join("raft"))
-            .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
         let (token, token_created) = AdminToken::load_or_create(data_dir).with_context(|| {
             format!(
                 "cannot read or create {}",
@@ -144,7 +149,9 @@ impl Node {
             "Bytes of bundle blobs stored on this node",
             bundle_bytes.clone(),
         );
+        let worker = Worker::new(config.node_name.clone());
         let node = Arc::new(Self {
+            worker,
             config,
             token,
             bundles,
@@ -212,6 +219,17 @@ impl Node {
             }
             routes.apps.insert(app.name.clone(), target);
         }
+        let services: Vec<String> = routes
+            .apps
+            .iter()
+            .filter(|(_, target)| matches!(target.backend, Backend::Service(_)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for app in self.worker.apps() {
+            if !services.contains(&app) {
+                self.worker.retire(&app);
+            }
+        }
         *self.routes.write().expect("routes lock") = Arc::new(routes);
     }
 
@@ -225,6 +243,12 @@ impl Node {
                     asset_max_age: release.spec.static_files.max_age,
                 },
             },
+            AppKind::Service => Backend::Service(Arc::new(self.worker.backend(
+                &release.spec,
+                release.version,
+                self.bundles.release_dir(&release.digest),
+                &release.digest,
+            ))),
             kind => Backend::Unavailable {
                 reason: format!(
                     "app `{}` is a {kind} app; this node cannot run {kind} apps yet",
@@ -330,11 +354,13 @@ fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, token_create
         .local_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
     let data_dir = node.config.data_dir.display();
-    say!(out, 
+    say!(
+        out,
         "shoal node `{}` is up: a single-node cluster",
         node.config.node_name
     );
-    say!(out, 
+    say!(
+        out,
         "  ingress   http://{http}   (apps at http://<app>.{}:{}/ and /apps/<app>/)",
         node.config.domain,
         node.config.http.port()
@@ -342,20 +368,23 @@ fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, token_create
     say!(out, "  admin API http://{api}");
     say!(out, "  data dir  {data_dir}");
     if token_created {
-        say!(out, 
+        say!(
+            out,
             "  admin token (shown once, kept in {}):",
             admin_token_path(&node.config.data_dir).display()
         );
         say!(out, "    {}", node.token.expose());
     } else {
-        say!(out, 
+        say!(
+            out,
             "  admin token in {}",
             admin_token_path(&node.config.data_dir).display()
         );
     }
     let apps = node.table();
     for app in apps.apps() {
-        say!(out, 
+        say!(
+            out,
             "  app {:<20} {}",
             app.name,
             node.config.app_urls(&app.name, app.kind()).join("  ")

@@ -23,3 +23,38 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .map_err(|never| match never {})
         .boxed_unsync()
 }
+
+/// Wraps `body` so `guard` is dropped when the body is finished or abandoned: the response's
+/// whole life, streaming included, counts as the request's.
+pub fn with_guard(body: Body, guard: Box<dyn Send>) -> Body {
+    GuardedBody {
+        inner: body,
+        _guard: guard,
+    }
+    .boxed_unsync()
+}
+
+struct GuardedBody {
+    inner: Body,
+    _guard: Box<dyn Send>,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -6,13 +6,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
+use crate::forward::{forward, ForwardTarget, StreamHook};
 use crate::metrics::{IngressMetrics, NO_APP};
 use crate::rewrite::PrefixRewriter;
 use crate::route::{self, prefix_for, Mode, Route};
@@ -37,9 +39,38 @@ pub struct AppTarget {
     pub backend: Backend,
 }
 
+/// A warm instance granted to one request, until the lease is dropped.
+pub struct Lease {
+    /// Where the instance answers.
+    pub addr: SocketAddr,
+    /// How long the request waited for a start, if it did.
+    pub waited: Option<Duration>,
+    /// Reports WebSocket streams opening and closing (they keep the instance awake).
+    pub on_stream: Option<StreamHook>,
+    /// Dropped when the response is finished: marks the request done.
+    pub guard: Box<dyn Send>,
+}
+
+/// Why no instance could take the request: answered 503 with Retry-After.
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    /// One sentence for the client.
+    pub reason: String,
+    /// When to try again.
+    pub retry_after: Duration,
+}
+
+/// Runs a service app's instances and hands out leases on them.
+pub trait ServiceBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// A warm instance for one request, starting one if needed (the wait is bounded).
+    fn acquire(&self) -> BoxFuture<'static, Result<Lease, Rejection>>;
+}
+
 /// What serves an app's requests.
 #[derive(Clone, Debug)]
 pub enum Backend {
+    /// A service app's instances.
+    Service(Arc<dyn ServiceBackend>),
     /// Files of an unpacked release, served by this node.
     Static {
         /// The release directory.
@@ -89,7 +120,7 @@ impl Ingress {
     }
 
     /// Answers one request.
-    pub async fn handle(&self, request: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let host = request
             .headers()
@@ -115,7 +146,9 @@ impl Ingress {
             Route::AddTrailingSlash { app } => self.add_trailing_slash(app, &request),
             Route::App { app, mode, path } => match self.directory.lookup(&app) {
                 Some(target) => {
-                    let response = self.serve_app(&app, target, mode, &path, request).await;
+                    let response = self
+                        .serve_app(&app, target, mode, &path, request, peer)
+                        .await;
                     (app, response)
                 }
                 None => (NO_APP.to_owned(), no_such_app(&app)),
@@ -149,19 +182,15 @@ impl Ingress {
         mode: Mode,
         path: &str,
         request: Request<Incoming>,
+        peer: SocketAddr,
     ) -> Response<Body> {
-        let (parts, _body) = request.into_parts();
         let response = match &target.backend {
             Backend::Static { root, options } => {
+                let (parts, _body) = request.into_parts();
                 static_files::serve(root, &target.release_id, path, &parts, options).await
             }
-            Backend::Unavailable { reason } => {
-                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, reason);
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-                response
-            }
+            Backend::Service(service) => serve_service(service.as_ref(), path, request, peer).await,
+            Backend::Unavailable { reason } => unavailable(reason, Duration::from_secs(5)),
         };
         match mode {
             Mode::Host => response,
@@ -189,6 +218,54 @@ impl Ingress {
         }
         (app, response)
     }
+}
+
+async fn serve_service(
+    service: &dyn ServiceBackend,
+    path: &str,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let lease = match service.acquire().await {
+        Ok(lease) => lease,
+        Err(rejection) => return unavailable(&rejection.reason, rejection.retry_after),
+    };
+    // The app sees its own path: the `/apps/<app>` prefix is gone in prefix mode.
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    if let Ok(uri) = path_and_query.parse() {
+        *request.uri_mut() = uri;
+    }
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let target = ForwardTarget {
+        addr: lease.addr,
+        client: peer,
+        host,
+        timeout: Duration::from_secs(300),
+    };
+    let response = forward(request, target, lease.on_stream).await;
+    let (mut parts, body) = response.into_parts();
+    if let Some(waited) = lease.waited {
+        if let Ok(value) = HeaderValue::from_str(&waited.as_millis().to_string()) {
+            parts.headers.insert("x-shoal-cold-start-ms", value);
+        }
+    }
+    Response::from_parts(parts, body::with_guard(body, lease.guard))
+}
+
+fn unavailable(reason: &str, retry_after: Duration) -> Response<Body> {
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, reason);
+    let seconds = retry_after.as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(RETRY_AFTER, value);
+    }
+    response
 }
 
 /// A short plain-text response.

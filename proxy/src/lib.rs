@@ -8,11 +8,13 @@
 //! - [`static_files`]: serving a static app's release directory (index files, ETag, Range, SPA fallback).
 //! - [`rewrite`]: streaming HTML rewriting and header rewriting so an app written for `/` works
 //!   under `/apps/<app>/`.
+//! - [`forward`]: HTTP/1.1 forwarding to an app instance, streaming, with WebSocket upgrades.
 //! - [`metrics`]: the ingress's Prometheus metrics.
 //! - [`ingress`]: the request handler that ties these together.
 //! - [`server`]: the accept loop with graceful shutdown, shared with the admin API.
 
 pub mod body;
+pub mod forward;
 pub mod ingress;
 pub mod metrics;
 pub mod rewrite;

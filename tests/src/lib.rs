@@ -4,8 +4,11 @@
 //! - this file: the harness. [`shoal_bin`] builds the real binary once, [`TestNode`] starts
 //!   `shoal seed` on free loopback ports in its own data dir and runs the real CLI against it.
 //! - [`html`]: pulls the URLs out of served HTML, as a browser would follow them.
+//! - [`bench`]: what the benchmark scenarios share (wrk runs, the nginx baseline, result tables).
 //! - `tests/*.rs`: the scenarios (static apps, hostile bundles, lifecycle, browser).
+//! - `src/bin/bench.rs`: the benchmark scenarios, one subcommand each (see BENCHMARKS.md).
 
+pub mod bench;
 pub mod html;
 
 use std::net::{SocketAddr, TcpListener};
@@ -27,19 +30,16 @@ pub fn examples_dir() -> PathBuf {
     workspace_root().join("examples")
 }
 
-/// The real `shoal` binary, built with the test's own profile on first use (or `SHOAL_BIN`).
+/// The real `shoal` binary, built with the running executable's own profile on first use (or
+/// `SHOAL_BIN`).
 pub fn shoal_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("SHOAL_BIN") {
             return PathBuf::from(bin);
         }
-        // target/<profile>/deps/<test binary> -> target/<profile>
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir layout");
+        let exe = std::env::current_exe().expect("running executable's path");
+        let profile_dir = profile_dir_of(&exe).expect("target dir layout");
         let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") => "dev",
             Some(other) => other,
@@ -65,6 +65,84 @@ pub fn shoal_bin() -> &'static Path {
     })
 }
 
+/// `target/<profile>` for an executable cargo built: tests run from `target/<profile>/deps/`,
+/// binaries such as `bench` from `target/<profile>/`, examples from `target/<profile>/examples/`.
+fn profile_dir_of(exe: &Path) -> Option<&Path> {
+    let dir = exe.parent()?;
+    match dir.file_name().and_then(|name| name.to_str()) {
+        Some("deps" | "examples") => dir.parent(),
+        _ => Some(dir),
+    }
+}
+
+/// A node name no other test node uses, even in parallel test processes.
+pub fn unique_node_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether a Docker engine answers. Without one, tests that need it fail in CI (`CI=true`)
+/// and skip elsewhere with a message saying why.
+pub fn docker_or_skip(test: &str) -> bool {
+    let answered = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|output| output.status.success())
+        .unwrap_or(false);
+    if answered {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: Docker is required in CI and no engine answers");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: docker not available");
+    false
+}
+
+/// `docker ps -a` states of the containers of `app` made by `node`.
+pub fn container_states(node: &str, app: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.State}}"])
+        .args(["--filter", &format!("label=io.shoal.node={node}")])
+        .args(["--filter", &format!("label=io.shoal.app={app}")])
+        .output()
+        .expect("run docker ps");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes every container labelled with `node` (test cleanup).
+pub fn remove_containers(node: &str) {
+    let output = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.shoal.node={node}"),
+        ])
+        .output();
+    if let Ok(output) = output {
+        let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -84,6 +162,8 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     /// The admin token the node created.
     pub token: String,
+    /// The node's name (unique per test node: containers are labelled with it).
+    pub name: String,
     log: PathBuf,
 }
 
@@ -101,12 +181,13 @@ impl TestNode {
             let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let log = data_dir.with_extension("log");
+            let name = unique_node_name();
             let log_file = std::fs::File::create(&log).expect("create node log");
             let child = Command::new(shoal_bin())
                 .arg("seed")
                 .args(["--data-dir", data_dir.to_str().unwrap()])
                 .args(["--http", &http.to_string(), "--api", &api.to_string()])
-                .args(["--name", "test-node", "--drain-timeout", "20s"])
+                .args(["--name", &name, "--drain-timeout", "20s"])
                 .args(extra_args)
                 .env("SHOAL_LOG", "info")
                 .stdin(Stdio::null())
@@ -120,6 +201,7 @@ impl TestNode {
                 api,
                 data_dir: data_dir.to_owned(),
                 token: String::new(),
+                name,
                 log,
             };
             if node.wait_healthy(Duration::from_secs(30)) {
@@ -218,6 +300,7 @@ impl Drop for TestNode {
             let _ = child.kill();
             let _ = child.wait();
         }
+        remove_containers(&self.name);
     }
 }
 
@@ -242,4 +325,24 @@ pub fn bundle_of(files: &[(&str, &[u8])]) -> Vec<u8> {
             .expect("append");
     }
     zstd::encode_all(&tar.into_inner().expect("finish tar")[..], 3).expect("zstd")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_dir_is_found_for_tests_bins_and_examples() {
+        for exe in [
+            "/w/target/release/deps/static_apps-0123abcd",
+            "/w/target/release/bench",
+            "/w/target/release/examples/demo",
+        ] {
+            assert_eq!(
+                profile_dir_of(Path::new(exe)),
+                Some(Path::new("/w/target/release")),
+                "{exe}"
+            );
+        }
+    }
 }

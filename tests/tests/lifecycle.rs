@@ -91,7 +91,10 @@ fn sigterm_works_when_stdout_is_a_closed_pipe() {
     drop(stdout);
     drop(child.stderr.take());
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {

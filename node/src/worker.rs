@@ -1,0 +1,582 @@
+//! The worker: runs service apps' instances on this node.
+//!
+//! One actor task per app owns that app's [`Pool`] (the pure state machine of
+//! [`crate::instances`]) and is the only place its state changes. Requests ask the actor for
+//! a lease; the actor feeds events in, carries the resulting actions out against the
+//! [`ContainerRuntime`] in spawned tasks, and their outcomes come back as events. The actor
+//! reads the clock and passes it in; the pool never does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use shoal_proxy::ingress::{Lease, Rejection, ServiceBackend};
+use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::instances::{Action, Event, InstanceId, Pool, PoolConfig, RequestId};
+use crate::manifest::AppSpec;
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::image::{connect_docker, ensure_runtime_image};
+use crate::runtime::{ContainerRuntime, InstanceSpec, InstanceState, RuntimeError};
+
+/// How long a started instance has to accept connections on its port.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often idle timers, deadlines and crashed instances are checked.
+const TICK: Duration = Duration::from_millis(500);
+/// Grace between SIGTERM and SIGKILL when an instance stops.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs service apps on this node.
+pub struct Worker {
+    node: String,
+    runtime: OnceCell<Result<Arc<dyn ContainerRuntime>, String>>,
+    apps: Mutex<HashMap<String, AppActor>>,
+}
+
+/// The handle of one app's actor: what the ingress holds as the app's backend.
+#[derive(Clone)]
+pub struct AppActor {
+    app: String,
+    release: u64,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+impl std::fmt::Debug for AppActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AppActor({} r{})", self.app, self.release)
+    }
+}
+
+enum Message {
+    Acquire(oneshot::Sender<Result<Lease, Rejection>>),
+    Deploy(Box<InstanceSpec>, PoolConfig),
+    Event(Event),
+    ContainerCreated {
+        instance: InstanceId,
+        container: String,
+    },
+    Shutdown,
+}
+
+impl Worker {
+    /// A worker for node `node`; the container runtime is connected on first use.
+    pub fn new(node: String) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            runtime: OnceCell::new(),
+            apps: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A worker over a given runtime (tests, and the process runtime later).
+    pub fn with_runtime(node: String, runtime: Arc<dyn ContainerRuntime>) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            runtime: OnceCell::new_with(Some(Ok(runtime))),
+            apps: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn runtime(&self) -> Result<Arc<dyn ContainerRuntime>, String> {
+        self.runtime
+            .get_or_init(|| async {
+                let connected = async {
+                    let docker = connect_docker().await?;
+                    let image = ensure_runtime_image(&docker).await?;
+                    info!(image = %image.reference, "container runtime ready");
+                    let runtime = DockerRuntime::new(docker, image.reference).await?;
+                    // Before any instance is created: what a previous run left is removed.
+                    remove_leftovers(&runtime, &self.node).await;
+                    Ok::<_, RuntimeError>(Arc::new(runtime) as Arc<dyn ContainerRuntime>)
+                };
+                connected.await.map_err(|error| {
+                    warn!(%error, "no container runtime: service apps cannot run on this node");
+                    format!("this node has no container runtime ({error})")
+                })
+            })
+            .await
+            .clone()
+    }
+
+    /// The backend for the current release of a service app, starting its actor if needed.
+    pub fn backend(
+        self: &Arc<Self>,
+        spec: &AppSpec,
+        release: u64,
+        release_dir: PathBuf,
+        digest: &str,
+    ) -> AppActor {
+        let instance_spec = InstanceSpec {
+            app: spec.name.clone(),
+            release,
+            digest: digest.to_owned(),
+            node: self.node.clone(),
+            release_dir,
+            command: spec.command.clone(),
+            port: spec.port,
+            env: spec.env.clone(),
+            memory_bytes: spec.resources.memory_bytes,
+            cpus: spec.resources.cpus,
+            pids: spec.resources.pids,
+            tmp_bytes: 64 * 1024 * 1024,
+        };
+        let config = pool_config(spec);
+        let mut apps = self.apps.lock().expect("apps lock");
+        let actor = apps.entry(spec.name.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let worker = self.clone();
+            let app = spec.name.clone();
+            tokio::spawn(run_actor(worker, app.clone(), tx.clone(), rx));
+            AppActor {
+                app,
+                release: 0,
+                tx,
+            }
+        });
+        if actor.release != release {
+            actor.release = release;
+            let _ = actor
+                .tx
+                .send(Message::Deploy(Box::new(instance_spec), config));
+        }
+        actor.clone()
+    }
+
+    /// Stops and removes an app's instances (the app was deleted or is no longer a service).
+    pub fn retire(&self, app: &str) {
+        if let Some(actor) = self.apps.lock().expect("apps lock").remove(app) {
+            let _ = actor.tx.send(Message::Shutdown);
+        }
+    }
+
+    /// Apps with an actor.
+    pub fn apps(&self) -> Vec<String> {
+        self.apps
+            .lock()
+            .expect("apps lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+impl ServiceBackend for AppActor {
+    fn acquire(&self) -> BoxFuture<'static, Result<Lease, Rejection>> {
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let gone = || Rejection {
+                reason: "the app is being replaced; try again".to_owned(),
+                retry_after: Duration::from_secs(1),
+            };
+            tx.send(Message::Acquire(reply_tx)).map_err(|_| gone())?;
+            reply_rx.await.map_err(|_| gone())?
+        })
+    }
+}
+
+/// Removes every container a previous run of this node left (adoption comes later).
+async fn remove_leftovers(runtime: &dyn ContainerRuntime, node: &str) {
+    match runtime.list(node).await {
+        Ok(leftovers) => {
+            for instance in leftovers {
+                info!(container = %instance.id, app = %instance.app, "removing a leftover container");
+                if let Err(error) = runtime.remove(&instance.id).await {
+                    warn!(container = %instance.id, %error, "could not remove a leftover container");
+                }
+            }
+        }
+        Err(error) => warn!(%error, "could not list leftover containers"),
+    }
+}
+
+fn pool_config(spec: &AppSpec) -> PoolConfig {
+    PoolConfig {
+        min: spec.scale.min,
+        max: spec.scale.max,
+        concurrency_target: spec.scale.concurrency_target,
+        pause_after: spec.scale.pause_after,
+        idle_timeout: spec.scale.idle_timeout,
+        queue_limit: 1000,
+        queue_deadline: Duration::from_secs(30),
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+    }
+}
+
+/// The state an app's actor keeps beside its pool.
+struct Actor {
+    app: String,
+    worker: Arc<Worker>,
+    tx: mpsc::UnboundedSender<Message>,
+    pool: Pool,
+    specs: BTreeMap<u64, InstanceSpec>,
+    containers: HashMap<InstanceId, String>,
+    addrs: HashMap<InstanceId, SocketAddr>,
+    waiting: HashMap<RequestId, oneshot::Sender<Result<Lease, Rejection>>>,
+    next_request: RequestId,
+}
+
+async fn run_actor(
+    worker: Arc<Worker>,
+    app: String,
+    tx: mpsc::UnboundedSender<Message>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+) {
+    let mut actor = Actor {
+        app,
+        worker,
+        tx,
+        pool: Pool::new(PoolConfig::for_test()),
+        specs: BTreeMap::new(),
+        containers: HashMap::new(),
+        addrs: HashMap::new(),
+        waiting: HashMap::new(),
+        next_request: 1,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        let event = tokio::select! {
+            message = rx.recv() => match message {
+                None | Some(Message::Shutdown) => break,
+                Some(message) => actor.receive(message),
+            },
+            _ = tick.tick() => {
+                ticks += 1;
+                if ticks % 4 == 0 {
+                    actor.check_for_exits();
+                }
+                Some(Event::Tick)
+            }
+        };
+        if let Some(event) = event {
+            let actions = actor.pool.handle(Instant::now(), event);
+            actor.execute(actions);
+        }
+    }
+    actor.remove_everything().await;
+}
+
+impl Actor {
+    fn receive(&mut self, message: Message) -> Option<Event> {
+        match message {
+            Message::Acquire(reply) => {
+                let request = self.next_request;
+                self.next_request += 1;
+                self.waiting.insert(request, reply);
+                Some(Event::Request { request })
+            }
+            Message::Deploy(spec, config) => {
+                let release = spec.release;
+                self.specs.insert(release, *spec);
+                self.pool.set_config(config);
+                Some(Event::Deployed { release })
+            }
+            Message::ContainerCreated {
+                instance,
+                container,
+            } => {
+                self.containers.insert(instance, container);
+                Some(Event::Created { instance })
+            }
+            Message::Event(event) => {
+                if let Event::Ready { instance, addr } = &event {
+                    self.addrs.insert(*instance, *addr);
+                }
+                if let Event::Removed { instance } = &event {
+                    self.containers.remove(instance);
+                    self.addrs.remove(instance);
+                }
+                Some(event)
+            }
+            Message::Shutdown => None,
+        }
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Forward {
+                    request,
+                    instance,
+                    addr,
+                    waited,
+                } => self.grant(request, instance, addr, waited),
+                Action::Reject {
+                    request,
+                    reason,
+                    retry_after,
+                } => {
+                    if let Some(reply) = self.waiting.remove(&request) {
+                        let _ = reply.send(Err(Rejection {
+                            reason,
+                            retry_after,
+                        }));
+                    }
+                }
+                action => self.spawn_runtime_action(action),
+            }
+        }
+    }
+
+    fn grant(
+        &mut self,
+        request: RequestId,
+        instance: InstanceId,
+        addr: SocketAddr,
+        waited: Option<Duration>,
+    ) {
+        let Some(reply) = self.waiting.remove(&request) else {
+            // The client went away while waiting: the pool counted it in flight, so undo that.
+            let _ = self
+                .tx
+                .send(Message::Event(Event::RequestDone { instance }));
+            return;
+        };
+        let done_tx = self.tx.clone();
+        let stream_tx = self.tx.clone();
+        let lease = Lease {
+            addr,
+            waited,
+            on_stream: Some(Box::new(move |opened| {
+                let event = if opened {
+                    Event::StreamOpened { instance }
+                } else {
+                    Event::StreamClosed { instance }
+                };
+                let _ = stream_tx.send(Message::Event(event));
+            })),
+            guard: Box::new(DoneGuard {
+                tx: done_tx,
+                instance,
+            }),
+        };
+        // If the client went away, the lease comes back and its guard marks the request done.
+        let _ = reply.send(Ok(lease));
+    }
+
+    fn spawn_runtime_action(&self, action: Action) {
+        let worker = self.worker.clone();
+        let tx = self.tx.clone();
+        let app = self.app.clone();
+        let container = |instance: InstanceId| self.containers.get(&instance).cloned();
+        let (instance, job): (InstanceId, RuntimeJob) = match action {
+            Action::Create { instance, release } => match self.specs.get(&release) {
+                Some(spec) => (instance, RuntimeJob::Create(Box::new(spec.clone()))),
+                None => return,
+            },
+            Action::Start { instance } => (instance, RuntimeJob::Start(container(instance))),
+            Action::Unpause { instance } => (
+                instance,
+                RuntimeJob::Unpause(container(instance), self.addrs.get(&instance).copied()),
+            ),
+            Action::Pause { instance } => (instance, RuntimeJob::Pause(container(instance))),
+            Action::Stop { instance } => (instance, RuntimeJob::Stop(container(instance))),
+            Action::Remove { instance } => (instance, RuntimeJob::Remove(container(instance))),
+            Action::Forward { .. } | Action::Reject { .. } => return,
+        };
+        tokio::spawn(async move {
+            let message = match worker.runtime().await {
+                Ok(runtime) => job.run(runtime.as_ref(), instance).await,
+                Err(reason) => Message::Event(Event::Failed { instance, reason }),
+            };
+            if let Message::Event(Event::Failed { reason, .. }) = &message {
+                warn!(%app, instance, %reason, "instance action failed");
+            }
+            let _ = tx.send(message);
+        });
+    }
+
+    /// Instances that died on their own (crash, out of memory) become failures with a reason.
+    fn check_for_exits(&self) {
+        let ready: Vec<(InstanceId, String)> = self
+            .pool
+            .instances()
+            .filter(|i| matches!(i.phase, crate::instances::Phase::Ready { .. }))
+            .filter_map(|i| Some((i.id, self.containers.get(&i.id)?.clone())))
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let worker = self.worker.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let Ok(runtime) = worker.runtime().await else {
+                return;
+            };
+            for (instance, container) in ready {
+                if let Ok(info) = runtime.inspect(&container).await {
+                    if let InstanceState::Exited {
+                        exit_code,
+                        oom_killed,
+                    } = info.state
+                    {
+                        let reason = exit_reason(exit_code, oom_killed);
+                        let _ = tx.send(Message::Event(Event::Failed { instance, reason }));
+                    }
+                }
+            }
+        });
+    }
+
+    async fn remove_everything(&self) {
+        let Ok(runtime) = self.worker.runtime().await else {
+            return;
+        };
+        for container in self.containers.values() {
+            if let Err(error) = runtime.remove(container).await {
+                warn!(app = %self.app, %container, %error, "could not remove a container");
+            }
+        }
+    }
+}
+
+fn exit_reason(exit_code: Option<i64>, oom_killed: bool) -> String {
+    if oom_killed {
+        return "killed: out of memory (raise resources.memory)".to_owned();
+    }
+    match exit_code {
+        Some(code) => format!("exited with code {code}"),
+        None => "exited".to_owned(),
+    }
+}
+
+/// Marks a request done when dropped (its response finished or was abandoned).
+struct DoneGuard {
+    tx: mpsc::UnboundedSender<Message>,
+    instance: InstanceId,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Message::Event(Event::RequestDone {
+            instance: self.instance,
+        }));
+    }
+}
+
+/// One runtime call on behalf of the pool, and the event its outcome becomes.
+enum RuntimeJob {
+    Create(Box<InstanceSpec>),
+    Start(Option<String>),
+    Unpause(Option<String>, Option<SocketAddr>),
+    Pause(Option<String>),
+    Stop(Option<String>),
+    Remove(Option<String>),
+}
+
+impl RuntimeJob {
+    async fn run(self, runtime: &dyn ContainerRuntime, instance: InstanceId) -> Message {
+        let failed = |reason: String| Message::Event(Event::Failed { instance, reason });
+        let missing = || failed("the instance has no container".to_owned());
+        match self {
+            RuntimeJob::Create(spec) => match runtime.create(&spec).await {
+                Ok(container) => Message::ContainerCreated {
+                    instance,
+                    container,
+                },
+                Err(error) => failed(error.to_string()),
+            },
+            RuntimeJob::Start(None) | RuntimeJob::Unpause(None, _) | RuntimeJob::Pause(None) => {
+                missing()
+            }
+            RuntimeJob::Start(Some(container)) => match runtime.start(&container).await {
+                Ok(Some(addr)) => match wait_for_port(addr).await {
+                    Ok(()) => Message::Event(Event::Ready { instance, addr }),
+                    Err(reason) => {
+                        let _ = runtime.stop(&container, Duration::ZERO).await;
+                        failed(startup_failure(runtime, &container, reason).await)
+                    }
+                },
+                Ok(None) => failed("the app has no port".to_owned()),
+                Err(error) => failed(error.to_string()),
+            },
+            RuntimeJob::Unpause(Some(container), addr) => {
+                match (runtime.unpause(&container).await, addr) {
+                    (Ok(()), Some(addr)) => Message::Event(Event::Ready { instance, addr }),
+                    (Ok(()), None) => failed("the paused instance's address is unknown".to_owned()),
+                    (Err(error), _) => failed(error.to_string()),
+                }
+            }
+            RuntimeJob::Pause(Some(container)) => match runtime.pause(&container).await {
+                Ok(()) => Message::Event(Event::Paused { instance }),
+                Err(error) => failed(error.to_string()),
+            },
+            RuntimeJob::Stop(container) => {
+                if let Some(container) = container {
+                    if let Err(error) = runtime.stop(&container, STOP_GRACE).await {
+                        return failed(error.to_string());
+                    }
+                }
+                Message::Event(Event::Stopped { instance })
+            }
+            RuntimeJob::Remove(container) => {
+                if let Some(container) = container {
+                    if let Err(error) = runtime.remove(&container).await {
+                        warn!(%container, %error, "could not remove a container");
+                    }
+                }
+                Message::Event(Event::Removed { instance })
+            }
+        }
+    }
+}
+
+/// Waits until the app accepts connections on its port.
+async fn wait_for_port(addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut delay = Duration::from_millis(2);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "did not accept connections on port {} within {}s",
+                addr.port(),
+                READY_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Why a start failed: the exit status if the process died, with the last lines it printed.
+async fn startup_failure(
+    runtime: &dyn ContainerRuntime,
+    container: &str,
+    fallback: String,
+) -> String {
+    let state = runtime.inspect(container).await.ok().map(|info| info.state);
+    let reason = match state {
+        Some(InstanceState::Exited {
+            exit_code,
+            oom_killed,
+        }) => exit_reason(exit_code, oom_killed),
+        _ => fallback,
+    };
+    let mut tail = String::new();
+    if let Ok(mut logs) = runtime.logs(container, 5, false).await {
+        use futures_util::StreamExt;
+        while let Some(Ok(chunk)) = logs.next().await {
+            tail.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    let tail = tail.trim();
+    if tail.is_empty() {
+        reason
+    } else {
+        format!(
+            "{reason}; last output: {}",
+            tail.lines().last().unwrap_or_default()
+        )
+    }
+}

@@ -1,0 +1,276 @@
+//! Service apps in real Docker containers behind the ingress: cold start, pause, stop, wake,
+//! single-flight under concurrency, and a redeploy that fails no request.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use shoal_tests::{container_states, docker_or_skip, examples_dir, http_client, TestNode};
+
+/// The example API with its own name, version string and idle timers.
+fn api_app(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    pause_after: &str,
+    idle_timeout: &str,
+) -> PathBuf {
+    let app = dir.join(format!("{name}-{version}"));
+    std::fs::create_dir_all(&app).unwrap();
+    let server = std::fs::read_to_string(examples_dir().join("api/server.js")).unwrap();
+    let server = server.replace(
+        "hello: name,",
+        &format!("hello: name, version: \"{version}\","),
+    );
+    std::fs::write(app.join("server.js"), server).unwrap();
+    std::fs::write(
+        app.join("shoal.toml"),
+        format!(
+            "name = \"{name}\"\nkind = \"service\"\ncommand = [\"node\", \"server.js\"]\nport = 3000\n\
+             [scale]\npause_after = \"{pause_after}\"\nidle_timeout = \"{idle_timeout}\"\n"
+        ),
+    )
+    .unwrap();
+    // The container runs as uid 65534: the release must be readable by anyone.
+    app
+}
+
+fn wait_for_state(node: &TestNode, app: &str, state: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let states = container_states(&node.name, app);
+        if states.iter().any(|s| s == state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{app} never became {state}: {states:?}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_starts_on_demand_pauses_stops_and_wakes() {
+    if !docker_or_skip("a_service_starts_on_demand_pauses_stops_and_wakes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("data"));
+    let app = api_app(dir.path(), "sleepy", "v1", "2s", "5s");
+    node.cli_ok(&["deploy", app.to_str().unwrap()]);
+    // Pre-created at deploy: the first request's wake is a start, not a create.
+    wait_for_state(&node, "sleepy", "created", Duration::from_secs(60));
+
+    let client = http_client();
+    let response = client
+        .get(node.url("/apps/sleepy/hello?name=a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cold: u64 = response.headers()["x-shoal-cold-start-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cold > 0);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["hello"], "a");
+    assert_eq!(container_states(&node.name, "sleepy"), ["running"]);
+
+    let warm = client
+        .get(node.url("/apps/sleepy/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        warm.headers().get("x-shoal-cold-start-ms").is_none(),
+        "a warm request waits for nothing"
+    );
+
+    wait_for_state(&node, "sleepy", "paused", Duration::from_secs(10));
+    let thawed = client
+        .get(node.url("/apps/sleepy/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thawed.status(), StatusCode::OK);
+    assert!(
+        thawed.headers().contains_key("x-shoal-cold-start-ms"),
+        "a wake from pause is a (short) cold start"
+    );
+
+    wait_for_state(&node, "sleepy", "paused", Duration::from_secs(10));
+    wait_for_state(&node, "sleepy", "exited", Duration::from_secs(15));
+    let woken = client
+        .get(node.url("/"))
+        .header("host", "sleepy.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(woken.status(), StatusCode::OK);
+    assert!(woken.headers().contains_key("x-shoal-cold-start-ms"));
+    assert_eq!(
+        container_states(&node.name, "sleepy"),
+        ["running"],
+        "the same container woke"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_requests_to_a_cold_app_start_one_container() {
+    if !docker_or_skip("fifty_concurrent_requests_to_a_cold_app_start_one_container") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("data"));
+    let app = api_app(dir.path(), "crowd", "v1", "60s", "10m");
+    node.cli_ok(&["deploy", app.to_str().unwrap()]);
+    wait_for_state(&node, "crowd", "created", Duration::from_secs(60));
+
+    let client = http_client();
+    let requests = (0..50).map(|i| {
+        let client = client.clone();
+        let url = node.url(&format!("/apps/crowd/hello?name={i}"));
+        tokio::spawn(async move { client.get(url).send().await })
+    });
+    let mut cold = 0;
+    for request in requests {
+        let response = request.await.unwrap().expect("request answered");
+        assert_eq!(response.status(), StatusCode::OK);
+        cold += usize::from(response.headers().contains_key("x-shoal-cold-start-ms"));
+    }
+    assert!(cold >= 1, "the requests waited for the start");
+    assert_eq!(
+        container_states(&node.name, "crowd"),
+        ["running"],
+        "exactly one container"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redeploy_under_load_fails_no_request() {
+    if !docker_or_skip("a_redeploy_under_load_fails_no_request") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("data"));
+    let v1 = api_app(dir.path(), "steady", "v1", "60s", "10m");
+    node.cli_ok(&["deploy", v1.to_str().unwrap()]);
+    let client = http_client();
+    let first = client
+        .get(node.url("/apps/steady/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        first.json::<serde_json::Value>().await.unwrap()["version"],
+        "v1"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU32::new(0));
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (client.clone(), node.url("/apps/steady/hello"));
+            let (stop, failures) = (stop.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut versions = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match client.get(&url).send().await {
+                        Ok(response) if response.status() == StatusCode::OK => {
+                            let body: serde_json::Value = response.json().await.unwrap();
+                            versions.push(body["version"].as_str().unwrap().to_owned());
+                        }
+                        Ok(response) => {
+                            eprintln!(
+                                "failed: {} {}",
+                                response.status(),
+                                response.text().await.unwrap_or_default()
+                            );
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            eprintln!("failed: {error}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                versions
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v2 = api_app(dir.path(), "steady", "v2", "60s", "10m");
+    let deploy_node_api = node.api.to_string();
+    let token = node.token.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(shoal_tests::shoal_bin())
+            .args([
+                "deploy",
+                v2.to_str().unwrap(),
+                "--api",
+                &deploy_node_api,
+                "--token",
+                &token,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Keep the load on until release 2 answers, and a while after.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body: serde_json::Value = client
+            .get(node.url("/apps/steady/hello"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["version"] == "v2" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "release 2 never took over\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for handle in loops {
+        let versions = handle.await.unwrap();
+        served += versions.len();
+        assert_eq!(versions.last().map(String::as_str), Some("v2"));
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "no request failed across the redeploy"
+    );
+    assert!(served > 20, "the loop kept requests flowing: {served}");
+    // The old release drains, stops and goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while container_states(&node.name, "steady").len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            container_states(&node.name, "steady")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
