@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -82,7 +83,8 @@ pub async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Response<Bod
     let result = match (request.method().clone(), segments.as_slice()) {
         (Method::GET, ["apps"]) => Ok(list_apps(&node)),
         (Method::POST, ["apps"]) => deploy(&node, request).await,
-        (Method::GET, ["apps", name]) => show_app(&node, name),
+        (Method::GET, ["apps", name]) => show_app(&node, name).await,
+        (Method::GET, ["apps", name, "logs"]) => logs(&node, name, request.uri().query()).await,
         (Method::DELETE, ["apps", name]) => delete_app(&node, name).await,
         (_, ["apps"]) | (_, ["apps", _]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -203,17 +205,44 @@ fn list_apps(node: &Node) -> Response<Body> {
     json_response(StatusCode::OK, &json!({ "apps": apps }))
 }
 
-fn show_app(node: &Node, name: &str) -> Result<Response<Body>, ApiError> {
+async fn show_app(node: &Node, name: &str) -> Result<Response<Body>, ApiError> {
     let app = node.app(name).ok_or_else(|| no_such_app(name))?;
     let releases: Vec<_> = app.releases.iter().rev().map(ReleaseView::new).collect();
+    let instances = node.worker.status(name).await;
     Ok(json_response(
         StatusCode::OK,
         &json!({
             "app": AppSummary::new(node, &app),
             "created_at": rfc3339(app.created_at_unix_ms),
             "releases": releases,
+            "instances": instances,
         }),
     ))
+}
+
+/// `GET /v1/apps/NAME/logs?tail=N&follow=true`: the newest instance's output, streamed.
+async fn logs(node: &Node, name: &str, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    node.app(name).ok_or_else(|| no_such_app(name))?;
+    let tail = query_param(query, "tail")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(100);
+    let follow = query_param(query, "follow").is_some_and(|f| f == "true" || f == "1");
+    let stream = node
+        .worker
+        .logs(name, tail, follow)
+        .await
+        .map_err(|message| ApiError::new(StatusCode::CONFLICT, message))?;
+    let frames = stream.map(|chunk| {
+        chunk
+            .map(http_body::Frame::data)
+            .map_err(|e| Box::new(e) as shoal_proxy::body::BoxError)
+    });
+    let mut response = Response::new(http_body_util::StreamBody::new(frames).boxed_unsync());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(response)
 }
 
 async fn delete_app(node: &Arc<Node>, name: &str) -> Result<Response<Body>, ApiError> {

@@ -34,6 +34,39 @@ pub enum CliCommand {
     Apps(AppsArgs),
     /// Delete an app and its releases.
     Rm(RmArgs),
+    /// Print an app's output (its newest instance on the node), optionally following it.
+    Logs(LogsArgs),
+    /// Manage the shared runtime image that service apps and jobs run in.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
+}
+
+/// `shoal runtime ...`.
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// Build the `shoal-runtime` image from this host's Node.js (and Python) through the local
+    /// Docker engine, even if an image for the same files exists. Needs no registry.
+    Build {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `shoal logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The app.
+    pub name: String,
+    /// Keep printing new output until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Lines of past output to print first.
+    #[arg(long, default_value_t = 100)]
+    pub tail: usize,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Flags every node command takes.

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio_util::io::ReaderStream;
 
 use crate::bundle::pack_dir;
-use crate::cli::{AppsArgs, ClientArgs, DeployArgs, RmArgs};
+use crate::cli::{AppsArgs, ClientArgs, DeployArgs, LogsArgs, RmArgs};
 use crate::manifest::Manifest;
 use crate::tokens::admin_token_path;
 
@@ -58,16 +58,7 @@ impl ApiClient {
 
     /// Sends a request and returns its JSON, turning API errors into one clear sentence.
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = request.send().await.map_err(|error| {
-            if error.is_connect() || error.is_timeout() {
-                anyhow::anyhow!(
-                    "cannot reach the admin API at {}: is a shoal node running? (set --api or SHOAL_API)",
-                    self.base
-                )
-            } else {
-                anyhow::anyhow!("request to the admin API at {} failed: {error}", self.base)
-            }
-        })?;
+        let response = self.reach(request).await?;
         let status = response.status();
         let text = response
             .text()
@@ -81,6 +72,34 @@ impl ApiClient {
             .as_str()
             .map_or_else(|| value.to_string(), str::to_owned);
         bail!("{message} (HTTP {})", status.as_u16())
+    }
+
+    /// Sends a request whose successful answer is a stream, not JSON.
+    async fn open(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let response = self.reach(request).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        let message = value["error"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_owned();
+        bail!("{message} (HTTP {})", status.as_u16())
+    }
+
+    async fn reach(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        request.send().await.map_err(|error| {
+            if error.is_connect() || error.is_timeout() {
+                anyhow::anyhow!(
+                    "cannot reach the admin API at {}: is a shoal node running? (set --api or SHOAL_API)",
+                    self.base
+                )
+            } else {
+                anyhow::anyhow!("request to the admin API at {} failed: {error}", self.base)
+            }
+        })
     }
 }
 
@@ -239,6 +258,23 @@ fn print_app(value: &Value) {
         ]);
     }
     println!("{table}");
+    let instances = value["instances"].as_array().cloned().unwrap_or_default();
+    if !instances.is_empty() {
+        let mut table = Table::new();
+        table.load_preset(presets::NOTHING);
+        table.set_header(["INSTANCE", "RELEASE", "STATE", "IN FLIGHT", "LAST FAILURE"]);
+        for instance in &instances {
+            let container = plain(&instance["container"]);
+            table.add_row([
+                container[..12.min(container.len())].to_owned(),
+                plain(&instance["release"]),
+                plain(&instance["state"]),
+                plain(&instance["in_flight"]),
+                plain(&instance["last_failure"]),
+            ]);
+        }
+        println!("{table}");
+    }
 }
 
 fn plain(value: &Value) -> String {
@@ -259,6 +295,49 @@ pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("deleted {}", args.name);
+    }
+    Ok(())
+}
+
+/// `shoal logs NAME [-f]`.
+pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let client = ApiClient::new(&args.client)?;
+    let path = format!(
+        "/v1/apps/{}/logs?tail={}&follow={}",
+        args.name, args.tail, args.follow
+    );
+    let mut response = client
+        .open(client.request(reqwest::Method::GET, &path))
+        .await?;
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = response.chunk().await.context("the log stream broke off")? {
+        if stdout
+            .write_all(&chunk)
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `shoal runtime build`.
+pub async fn runtime_build(json: bool) -> anyhow::Result<()> {
+    let docker = crate::runtime::image::connect_docker().await?;
+    eprintln!("building the shoal-runtime image from this host's files...");
+    let image = crate::runtime::image::build_runtime_image(&docker).await?;
+    if json {
+        let value = serde_json::json!({
+            "image": image.reference,
+            "content_hash": image.content_hash,
+            "python": image.has_python,
+        });
+        println!("{value}");
+    } else {
+        let python = if image.has_python { "yes" } else { "no" };
+        println!("built {} (python: {python})", image.reference);
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The `shoal` binary: parses the command line and runs one command.
 
 use clap::Parser;
-use shoal::cli::{Cli, CliCommand};
+use shoal::cli::{Cli, CliCommand, RuntimeCommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -39,6 +39,10 @@ async fn run(command: CliCommand) -> anyhow::Result<()> {
         CliCommand::Deploy(args) => shoal::client::deploy(args).await,
         CliCommand::Apps(args) => shoal::client::apps(args).await,
         CliCommand::Rm(args) => shoal::client::rm(args).await,
+        CliCommand::Logs(args) => shoal::client::logs(args).await,
+        CliCommand::Runtime(RuntimeCommand::Build { json }) => {
+            shoal::client::runtime_build(json).await
+        }
     }
 }
 

@@ -149,7 +149,7 @@ impl Node {
             "Bytes of bundle blobs stored on this node",
             bundle_bytes.clone(),
         );
-        let worker = Worker::new(config.node_name.clone());
+        let worker = Worker::new(config.node_name.clone(), config.runtime);
         let node = Arc::new(Self {
             worker,
             config,
@@ -291,11 +291,11 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
     let http_listener = bind(config.http, "--http").await?;
     let api_listener = bind(config.api, "--api").await?;
     let (node, token_created) = tokio::task::spawn_blocking(move || Node::open(config)).await??;
-    if node.config.runtime.is_some() {
-        info!(
-            "service apps and jobs arrive with the container runtime; --runtime is recorded only"
-        );
-    }
+    // Choose the runtime now (building the image if it is missing), without delaying static apps.
+    let worker = node.worker.clone();
+    tokio::spawn(async move {
+        let _ = worker.runtime().await;
+    });
     print_banner(&node, &http_listener, &api_listener, token_created);
 
     let ingress = Arc::new(Ingress::new(

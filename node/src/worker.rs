@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use shoal_proxy::ingress::{Lease, Rejection, ServiceBackend};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 use tokio::time::Instant;
@@ -20,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::instances::{Action, Event, InstanceId, Pool, PoolConfig, RequestId};
 use crate::manifest::AppSpec;
+use crate::node::RuntimeKind;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::image::{connect_docker, ensure_runtime_image};
 use crate::runtime::{ContainerRuntime, InstanceSpec, InstanceState, RuntimeError};
@@ -34,6 +37,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Runs service apps on this node.
 pub struct Worker {
     node: String,
+    preference: Option<RuntimeKind>,
     runtime: OnceCell<Result<Arc<dyn ContainerRuntime>, String>>,
     apps: Mutex<HashMap<String, AppActor>>,
 }
@@ -54,6 +58,7 @@ impl std::fmt::Debug for AppActor {
 
 enum Message {
     Acquire(oneshot::Sender<Result<Lease, Rejection>>),
+    Status(oneshot::Sender<Vec<InstanceView>>),
     Deploy(Box<InstanceSpec>, PoolConfig),
     Event(Event),
     ContainerCreated {
@@ -64,10 +69,12 @@ enum Message {
 }
 
 impl Worker {
-    /// A worker for node `node`; the container runtime is connected on first use.
-    pub fn new(node: String) -> Arc<Self> {
+    /// A worker for node `node`; the container runtime is chosen and connected on first use
+    /// (`preference` None: Docker if it answers, else plain processes with a loud warning).
+    pub fn new(node: String, preference: Option<RuntimeKind>) -> Arc<Self> {
         Arc::new(Self {
             node,
+            preference,
             runtime: OnceCell::new(),
             apps: Mutex::new(HashMap::new()),
         })
@@ -77,30 +84,49 @@ impl Worker {
     pub fn with_runtime(node: String, runtime: Arc<dyn ContainerRuntime>) -> Arc<Self> {
         Arc::new(Self {
             node,
+            preference: None,
             runtime: OnceCell::new_with(Some(Ok(runtime))),
             apps: Mutex::new(HashMap::new()),
         })
     }
 
-    async fn runtime(&self) -> Result<Arc<dyn ContainerRuntime>, String> {
+    /// The runtime, chosen, connected (and the image ensured) on first call.
+    pub async fn runtime(&self) -> Result<Arc<dyn ContainerRuntime>, String> {
         self.runtime
-            .get_or_init(|| async {
-                let connected = async {
-                    let docker = connect_docker().await?;
-                    let image = ensure_runtime_image(&docker).await?;
-                    info!(image = %image.reference, "container runtime ready");
-                    let runtime = DockerRuntime::new(docker, image.reference).await?;
-                    // Before any instance is created: what a previous run left is removed.
-                    remove_leftovers(&runtime, &self.node).await;
-                    Ok::<_, RuntimeError>(Arc::new(runtime) as Arc<dyn ContainerRuntime>)
-                };
-                connected.await.map_err(|error| {
-                    warn!(%error, "no container runtime: service apps cannot run on this node");
-                    format!("this node has no container runtime ({error})")
-                })
-            })
+            .get_or_init(|| self.choose_runtime())
             .await
             .clone()
+    }
+
+    async fn choose_runtime(&self) -> Result<Arc<dyn ContainerRuntime>, String> {
+        if self.preference == Some(RuntimeKind::Process) {
+            warn!("runtime: plain processes (--runtime process): apps are NOT isolated");
+            return process_runtime(&self.node);
+        }
+        let docker = async {
+            let docker = connect_docker().await?;
+            let image = ensure_runtime_image(&docker).await?;
+            info!(image = %image.reference, "runtime: docker");
+            let runtime = DockerRuntime::new(docker, image.reference).await?;
+            // Before any instance is created: what a previous run left is removed.
+            remove_leftovers(&runtime, &self.node).await;
+            Ok::<_, RuntimeError>(Arc::new(runtime) as Arc<dyn ContainerRuntime>)
+        };
+        match docker.await {
+            Ok(runtime) => Ok(runtime),
+            Err(error) if self.preference == Some(RuntimeKind::Docker) => {
+                warn!(%error, "--runtime docker: no container runtime, service apps cannot run");
+                Err(format!("this node has no container runtime ({error})"))
+            }
+            Err(error) => {
+                warn!(
+                    %error,
+                    "NO DOCKER ENGINE ANSWERS: running apps as plain processes, NOT ISOLATED; \
+                     install Docker or pass --runtime docker to refuse this"
+                );
+                process_runtime(&self.node)
+            }
+        }
     }
 
     /// The backend for the current release of a service app, starting its actor if needed.
@@ -154,6 +180,42 @@ impl Worker {
         }
     }
 
+    /// The instances of `app` on this node (empty if it has none).
+    pub async fn status(&self, app: &str) -> Vec<InstanceView> {
+        let Some(actor) = self.apps.lock().expect("apps lock").get(app).cloned() else {
+            return Vec::new();
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if actor.tx.send(Message::Status(reply_tx)).is_err() {
+            return Vec::new();
+        }
+        reply_rx.await.unwrap_or_default()
+    }
+
+    /// The output of `app`'s newest instance: the last `tail` lines, then new ones if `follow`.
+    pub async fn logs(
+        &self,
+        app: &str,
+        tail: usize,
+        follow: bool,
+    ) -> Result<BoxStream<'static, Result<Bytes, RuntimeError>>, String> {
+        let views = self.status(app).await;
+        let newest = views
+            .iter()
+            .rev()
+            .find(|v| v.state == "running")
+            .or_else(|| views.iter().rev().find(|v| v.container.is_some()))
+            .and_then(|v| v.container.clone())
+            .ok_or_else(|| {
+                format!("`{app}` has no instance on this node yet: send it a request first")
+            })?;
+        let runtime = self.runtime().await?;
+        runtime
+            .logs(&newest, tail, follow)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
     /// Apps with an actor.
     pub fn apps(&self) -> Vec<String> {
         self.apps
@@ -178,6 +240,11 @@ impl ServiceBackend for AppActor {
             reply_rx.await.map_err(|_| gone())?
         })
     }
+}
+
+/// The plain-process runtime (wired in once `runtime::process` lands).
+fn process_runtime(_node: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
+    Err("the plain-process runtime is not available in this build".to_owned())
 }
 
 /// Removes every container a previous run of this node left (adoption comes later).
@@ -273,6 +340,10 @@ impl Actor {
                 self.waiting.insert(request, reply);
                 Some(Event::Request { request })
             }
+            Message::Status(reply) => {
+                let _ = reply.send(self.views());
+                None
+            }
             Message::Deploy(spec, config) => {
                 let release = spec.release;
                 self.specs.insert(release, *spec);
@@ -298,6 +369,20 @@ impl Actor {
             }
             Message::Shutdown => None,
         }
+    }
+
+    fn views(&self) -> Vec<InstanceView> {
+        self.pool
+            .instances()
+            .map(|i| InstanceView {
+                release: i.release,
+                state: phase_name(&i.phase).to_owned(),
+                in_flight: i.in_flight,
+                container: self.containers.get(&i.id).cloned(),
+                failures: i.failures,
+                last_failure: i.last_failure.clone(),
+            })
+            .collect()
     }
 
     fn execute(&mut self, actions: Vec<Action>) {
@@ -438,6 +523,39 @@ impl Actor {
     }
 }
 
+/// One instance as `shoal apps NAME` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InstanceView {
+    /// Release it runs.
+    pub release: u64,
+    /// Where it is in its life.
+    pub state: String,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// The container (or process) id.
+    pub container: Option<String>,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Why it last failed.
+    pub last_failure: Option<String>,
+}
+
+fn phase_name(phase: &crate::instances::Phase) -> &'static str {
+    use crate::instances::Phase;
+    match phase {
+        Phase::Creating => "creating",
+        Phase::Stopped => "stopped",
+        Phase::Starting => "starting",
+        Phase::Ready { .. } => "running",
+        Phase::Pausing { .. } => "pausing",
+        Phase::Paused { .. } => "paused",
+        Phase::Waking => "waking",
+        Phase::Stopping => "stopping",
+        Phase::Removing => "removing",
+        Phase::Failed { .. } => "failed",
+    }
+}
+
 fn exit_reason(exit_code: Option<i64>, oom_killed: bool) -> String {
     if oom_killed {
         return "killed: out of memory (raise resources.memory)".to_owned();
@@ -488,7 +606,7 @@ impl RuntimeJob {
                 missing()
             }
             RuntimeJob::Start(Some(container)) => match runtime.start(&container).await {
-                Ok(Some(addr)) => match wait_for_port(addr).await {
+                Ok(Some(addr)) => match wait_for_port(runtime, &container, addr).await {
                     Ok(()) => Message::Event(Event::Ready { instance, addr }),
                     Err(reason) => {
                         let _ = runtime.stop(&container, Duration::ZERO).await;
@@ -529,15 +647,33 @@ impl RuntimeJob {
     }
 }
 
-/// Waits until the app accepts connections on its port.
-async fn wait_for_port(addr: SocketAddr) -> Result<(), String> {
+/// Waits until the app accepts connections on its port, giving up early if it exits.
+async fn wait_for_port(
+    runtime: &dyn ContainerRuntime,
+    container: &str,
+    addr: SocketAddr,
+) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut delay = Duration::from_millis(2);
+    let mut next_state_check = Instant::now() + Duration::from_millis(200);
     loop {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= next_state_check {
+            next_state_check = now + Duration::from_millis(200);
+            if let Ok(info) = runtime.inspect(container).await {
+                if let InstanceState::Exited {
+                    exit_code,
+                    oom_killed,
+                } = info.state
+                {
+                    return Err(exit_reason(exit_code, oom_killed));
+                }
+            }
+        }
+        if now >= deadline {
             return Err(format!(
                 "did not accept connections on port {} within {}s",
                 addr.port(),

@@ -274,3 +274,123 @@ async fn a_redeploy_under_load_fails_no_request() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Opens a WebSocket through the ingress by hand and checks the app echoes a frame back.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_and_sse_work_through_the_ingress() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    if !docker_or_skip("websocket_and_sse_work_through_the_ingress") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("data"));
+    node.cli_ok(&["deploy", examples_dir().join("api").to_str().unwrap()]);
+
+    let mut stream = tokio::net::TcpStream::connect(node.http).await.unwrap();
+    let handshake = "GET /apps/api/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                     Sec-WebSocket-Version: 13\r\n\r\n";
+    stream.write_all(handshake.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+
+    // A masked text frame "hello shoal", as a browser would send it.
+    let payload = b"hello shoal";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&frame).await.unwrap();
+    let mut echo = [0u8; 13];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(echo[0], 0x81);
+    assert_eq!(echo[1] as usize, payload.len());
+    assert_eq!(&echo[2..], payload);
+
+    // Server-sent events stream through, each event as it is sent.
+    let client = http_client();
+    let mut events = client
+        .get(node.url("/apps/api/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    while let Some(chunk) = events.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(text, "data: tick 1\n\ndata: tick 2\n\ndata: tick 3\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_stream_and_a_crash_shows_why() {
+    if !docker_or_skip("logs_stream_and_a_crash_shows_why") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("data"));
+    node.cli_ok(&["deploy", examples_dir().join("api").to_str().unwrap()]);
+    let client = http_client();
+    assert_eq!(
+        client
+            .get(node.url("/apps/api/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let logs = node.cli_ok(&["logs", "api"]);
+    assert!(logs.contains("api listening on 3000"), "{logs}");
+
+    let crashy = dir.path().join("crashy");
+    std::fs::create_dir(&crashy).unwrap();
+    std::fs::write(
+        crashy.join("server.js"),
+        "console.log('boom: missing DATABASE_URL'); process.exit(3);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        crashy.join("shoal.toml"),
+        "name = \"crashy\"\nkind = \"service\"\ncommand = [\"node\", \"server.js\"]\nport = 3000\n",
+    )
+    .unwrap();
+    node.cli_ok(&["deploy", crashy.to_str().unwrap()]);
+    let started = Instant::now();
+    let response = client.get(node.url("/apps/crashy/")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a crash fails fast, not at the readiness timeout"
+    );
+    let body = response.text().await.unwrap();
+    assert!(
+        !body.contains("DATABASE_URL"),
+        "clients do not see the app's output: {body}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&node.cli_ok(&["apps", "crashy", "--json"])).unwrap();
+    let instance = &shown["instances"][0];
+    assert_eq!(instance["state"], "failed", "{shown}");
+    let why = instance["last_failure"].as_str().unwrap();
+    assert!(
+        why.contains("exited with code 3") && why.contains("boom"),
+        "{why}"
+    );
+}

@@ -126,7 +126,8 @@ impl DockerRuntime {
         if let Some(port) = spec.port {
             self.ports_map().insert(created.id.clone(), port);
         }
-        tracing::debug!(container = %name, id = %created.id, role = role.label(), "container created");
+        let role = role.label();
+        tracing::debug!(container = %name, id = %created.id, role, "container created");
         Ok(created.id)
     }
 
@@ -139,7 +140,8 @@ impl DockerRuntime {
         for (key, value) in &spec.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
                 return Err(RuntimeError::Engine(format!(
-                    "environment variable name `{key}` is not valid"
+                    "environment variable `{key}` is not valid: a name cannot be empty or hold \
+                     `=`, and neither a name nor a value can hold a NUL byte"
                 )));
             }
             // PORT belongs to the runtime when the app has a port; the app's own would lie.

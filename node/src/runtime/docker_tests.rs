@@ -641,10 +641,10 @@ async fn apps_cannot_reach_each_other_or_the_host_loopback() {
 
     // Reported, not asserted: without a host firewall rule the bridge IP is reachable.
     let gateway_reached = gateway_hits.load(Ordering::SeqCst) > gateway_hits_before;
+    let seen = &results[&targets[3]];
     let _ = writeln!(
         std::io::stderr(),
-        "OBSERVED: host listener on the bridge gateway {on_gateway}: {} (accepted: {gateway_reached})",
-        results[&targets[3]]
+        "OBSERVED: bridge gateway listener {on_gateway}: {seen} (accepted: {gateway_reached})"
     );
 }
 
@@ -685,6 +685,26 @@ async fn run_to_completion_kills_a_job_at_its_timeout() {
     let duration = outcome.duration;
     assert!(duration >= Duration::from_secs(2) && duration < Duration::from_secs(10));
     assert!(outcome.log_tail.contains("sleeping"), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn run_to_completion_outlives_the_client_request_timeout() {
+    let Some(mut env) = test_env().await else {
+        return;
+    };
+    // bollard's request timeout (2 minutes by default) must not cap a job's run time.
+    let docker = env.docker.clone().with_timeout(Duration::from_secs(1));
+    env.runtime = DockerRuntime::new(docker, env.runtime.image.clone())
+        .await
+        .expect("runtime");
+    let source = "setTimeout(() => console.log('done'), 3000);";
+    let outcome = run_job(&env, "slow", source, Duration::from_secs(30)).await;
+    assert_eq!(
+        (outcome.exit_code, outcome.timed_out),
+        (Some(0), false),
+        "{outcome:?}"
+    );
+    assert!(outcome.log_tail.contains("done"), "{outcome:?}");
 }
 
 #[tokio::test]

@@ -9,9 +9,11 @@
 //! - [`image`]: builds the shared hardened `shoal-runtime` image from the host's files, with no
 //!   registry.
 //! - [`docker`]: [`ContainerRuntime`] on the Docker Engine API, with every container hardened.
+//! - [`process`]: plain child processes, for machines without Docker (no isolation).
 
 pub mod docker;
 pub mod image;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

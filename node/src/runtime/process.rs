@@ -1,0 +1,1 @@
+//! placeholder: the plain-process runtime
