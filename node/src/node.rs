@@ -327,6 +327,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         shutdown.clone(),
     );
     tokio::join!(ingress_server, api_server);
+    node.worker.shutdown(Duration::from_secs(20)).await;
     info!("node stopped");
     Ok(())
 }

@@ -40,6 +40,7 @@ pub struct Worker {
     preference: Option<RuntimeKind>,
     runtime: OnceCell<Result<Arc<dyn ContainerRuntime>, String>>,
     apps: Mutex<HashMap<String, AppActor>>,
+    actors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The handle of one app's actor: what the ingress holds as the app's backend.
@@ -77,6 +78,7 @@ impl Worker {
             preference,
             runtime: OnceCell::new(),
             apps: Mutex::new(HashMap::new()),
+            actors: Mutex::new(Vec::new()),
         })
     }
 
@@ -87,6 +89,7 @@ impl Worker {
             preference: None,
             runtime: OnceCell::new_with(Some(Ok(runtime))),
             apps: Mutex::new(HashMap::new()),
+            actors: Mutex::new(Vec::new()),
         })
     }
 
@@ -157,7 +160,8 @@ impl Worker {
             let (tx, rx) = mpsc::unbounded_channel();
             let worker = self.clone();
             let app = spec.name.clone();
-            tokio::spawn(run_actor(worker, app.clone(), tx.clone(), rx));
+            let handle = tokio::spawn(run_actor(worker, app.clone(), tx.clone(), rx));
+            self.actors.lock().expect("actors lock").push(handle);
             AppActor {
                 app,
                 release: 0,
@@ -177,6 +181,27 @@ impl Worker {
     pub fn retire(&self, app: &str) {
         if let Some(actor) = self.apps.lock().expect("apps lock").remove(app) {
             let _ = actor.tx.send(Message::Shutdown);
+        }
+    }
+
+    /// Stops and removes every instance (node shutdown), waiting up to `grace` for it.
+    pub async fn shutdown(&self, grace: Duration) {
+        let actors: Vec<AppActor> = self
+            .apps
+            .lock()
+            .expect("apps lock")
+            .drain()
+            .map(|(_, a)| a)
+            .collect();
+        for actor in &actors {
+            let _ = actor.tx.send(Message::Shutdown);
+        }
+        let handles: Vec<_> = self.actors.lock().expect("actors lock").drain(..).collect();
+        if tokio::time::timeout(grace, futures_util::future::join_all(handles))
+            .await
+            .is_err()
+        {
+            warn!("some instances were still stopping at shutdown");
         }
     }
 
@@ -317,7 +342,7 @@ async fn run_actor(
             },
             _ = tick.tick() => {
                 ticks += 1;
-                if ticks % 4 == 0 {
+                if ticks.is_multiple_of(4) {
                     actor.check_for_exits();
                 }
                 Some(Event::Tick)

@@ -127,7 +127,7 @@ async fn fifty_concurrent_requests_to_a_cold_app_start_one_container() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(&dir.path().join("data"));
+    let mut node = TestNode::start(&dir.path().join("data"));
     let app = api_app(dir.path(), "crowd", "v1", "60s", "10m");
     node.cli_ok(&["deploy", app.to_str().unwrap()]);
     wait_for_state(&node, "crowd", "created", Duration::from_secs(60));
@@ -150,6 +150,11 @@ async fn fifty_concurrent_requests_to_a_cold_app_start_one_container() {
         ["running"],
         "exactly one container"
     );
+
+    // A graceful stop takes the node's containers with it.
+    let status = node.terminate();
+    assert!(status.success(), "{}", node.log());
+    assert_eq!(container_states(&node.name, "crowd"), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]

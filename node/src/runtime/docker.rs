@@ -477,12 +477,11 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|err| engine_error(node, err))?;
         // The list omits the exit code and the OOM flag, so each container is inspected.
         let ids = summaries.into_iter().filter_map(|summary| summary.id);
-        let inspections = futures_util::future::join_all(
-            ids.map(|id| async move { (self.inspect(&id).await, id) }),
-        )
-        .await;
+        let inspections =
+            futures_util::future::join_all(ids.map(|id| async move { self.inspect(&id).await }))
+                .await;
         let mut infos = Vec::new();
-        for (inspected, _id) in inspections {
+        for inspected in inspections {
             match inspected {
                 Ok(info) => infos.push(info),
                 // Removed between the list and the inspect.

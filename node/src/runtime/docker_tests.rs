@@ -693,11 +693,11 @@ async fn run_to_completion_outlives_the_client_request_timeout() {
         return;
     };
     // bollard's request timeout (2 minutes by default) must not cap a job's run time.
-    let docker = env.docker.clone().with_timeout(Duration::from_secs(1));
+    let docker = env.docker.clone().with_timeout(Duration::from_secs(2));
     env.runtime = DockerRuntime::new(docker, env.runtime.image.clone())
         .await
         .expect("runtime");
-    let source = "setTimeout(() => console.log('done'), 3000);";
+    let source = "setTimeout(() => console.log('done'), 5000);";
     let outcome = run_job(&env, "slow", source, Duration::from_secs(30)).await;
     assert_eq!(
         (outcome.exit_code, outcome.timed_out),
@@ -765,4 +765,19 @@ async fn logs_returns_the_last_lines_of_both_streams() {
         rt.logs("shoal-no-such-container", 1, false).await,
         Err(RuntimeError::NotFound(_))
     ));
+}
+
+#[test]
+fn container_name_parts_keep_only_what_docker_allows() {
+    assert_eq!(sanitize_name_part("my app/ü.v2_x"), "my-app--.v2_x");
+    assert_eq!(sanitize_name_part(""), "x");
+    assert_eq!(sanitize_name_part(&"a".repeat(100)).len(), 32);
+}
+
+#[test]
+fn tail_text_starts_at_a_line_when_it_cuts() {
+    assert_eq!(tail_text(b"one\ntwo\n", 100), "one\ntwo\n");
+    assert_eq!(tail_text(b"first line\nsecond\n", 10), "second\n");
+    // A single line longer than the limit is cut rather than dropped.
+    assert_eq!(tail_text(b"abcdefghij", 4), "ghij");
 }
