@@ -399,3 +399,80 @@ async fn logs_stream_and_a_crash_shows_why() {
         "{why}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_killed_for_memory_says_so() {
+    if !docker_or_skip("an_app_killed_for_memory_says_so") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("data"));
+    let app = dir.path().join("hungry");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("server.js"),
+        "const keep = [];\n\
+         require('http').createServer((q, s) => {\n\
+           if (q.url === '/eat') { for (;;) keep.push(Buffer.alloc(8 << 20, 1)); }\n\
+           s.end('ok');\n\
+         }).listen(process.env.PORT);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("shoal.toml"),
+        "name = \"hungry\"\nkind = \"service\"\ncommand = [\"node\", \"server.js\"]\nport = 3000\n\
+         [resources]\nmemory = \"64MiB\"\n",
+    )
+    .unwrap();
+    node.cli_ok(&["deploy", app.to_str().unwrap()]);
+    let client = http_client();
+    assert_eq!(
+        client
+            .get(node.url("/apps/hungry/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let eaten = client
+        .get(node.url("/apps/hungry/eat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        eaten.status(),
+        StatusCode::BAD_GATEWAY,
+        "the app died mid-request"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shown: serde_json::Value =
+            serde_json::from_str(&node.cli_ok(&["apps", "hungry", "--json"])).unwrap();
+        let why = shown["instances"][0]["last_failure"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if why.contains("out of memory") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the OOM kill never showed: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The next request restarts it (after the backoff), and it serves again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = client.get(node.url("/apps/hungry/")).send().await.unwrap();
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        assert!(Instant::now() < deadline, "the app never came back");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
