@@ -259,11 +259,37 @@ impl Pool {
         self.update(id, |i| i.phase = phase);
     }
 
+    /// Takes over an instance that exists already (a container a previous run of the node
+    /// left), in `phase` (`Stopped`, `Paused` or `Ready`). Returns its new id.
+    pub fn adopt(&mut self, now: Instant, release: u64, phase: Phase) -> InstanceId {
+        let id = self.next_instance;
+        self.next_instance += 1;
+        self.instances.insert(
+            id,
+            Instance {
+                id,
+                release,
+                phase,
+                in_flight: 0,
+                streams: 0,
+                idle_since: now,
+                failures: 0,
+                last_failure: None,
+                has_container: true,
+            },
+        );
+        id
+    }
+
     fn deployed(&mut self, now: Instant, release: u64, actions: &mut Vec<Action>) {
         if self.release == Some(release) {
             return;
         }
         self.release = Some(release);
+        if self.instances.values().any(|i| i.release == release) {
+            // Adopted from a previous run: nothing to pre-create.
+            return;
+        }
         // Pre-create, so the first request's wake is a start, not a create. Whether it starts
         // now (old instances are serving, or `min` > 0) is housekeeping's call.
         self.add_instance(now, release, actions);

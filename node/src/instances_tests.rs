@@ -432,3 +432,34 @@ fn a_failed_create_is_retried_as_a_create() {
         [Action::Start { instance: 1 }]
     );
 }
+
+#[test]
+fn adopted_instances_serve_without_a_create_or_start() {
+    let mut h = Harness::new(PoolConfig::for_test());
+    let now = h.now;
+    let running = h.pool.adopt(now, 4, Phase::Ready { addr: addr() });
+    // The release the adopted container runs is current: nothing to create.
+    assert_eq!(h.on(Event::Deployed { release: 4 }), []);
+    assert_eq!(
+        h.on(Event::Request { request: 1 }),
+        [forward(1, running, None)]
+    );
+    // It still idles like any other instance.
+    h.on(Event::RequestDone { instance: running });
+    assert_eq!(
+        h.at(Duration::from_secs(30), Event::Tick),
+        [Action::Pause { instance: running }]
+    );
+}
+
+#[test]
+fn an_adopted_paused_instance_thaws_on_demand() {
+    let mut h = Harness::new(PoolConfig::for_test());
+    let now = h.now;
+    let paused = h.pool.adopt(now, 1, Phase::Paused { addr: addr() });
+    assert_eq!(h.on(Event::Deployed { release: 1 }), []);
+    assert_eq!(
+        h.on(Event::Request { request: 1 }),
+        [Action::Unpause { instance: paused }]
+    );
+}

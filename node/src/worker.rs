@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, OnceCell};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::instances::{Action, Event, InstanceId, Pool, PoolConfig, RequestId};
+use crate::instances::{Action, Event, InstanceId, Phase, Pool, PoolConfig, RequestId};
 use crate::manifest::AppSpec;
 use crate::node::RuntimeKind;
 use crate::runtime::docker::DockerRuntime;
@@ -66,7 +66,10 @@ enum Message {
         instance: InstanceId,
         container: String,
     },
+    /// The app is gone: remove its containers and end.
     Shutdown,
+    /// The node is stopping: end, leaving the containers for the next run to adopt.
+    Detach,
 }
 
 impl Worker {
@@ -111,8 +114,9 @@ impl Worker {
             let image = ensure_runtime_image(&docker).await?;
             info!(image = %image.reference, "runtime: docker");
             let runtime = DockerRuntime::new(docker, image.reference).await?;
-            // Before any instance is created: what a previous run left is removed.
-            remove_leftovers(&runtime, &self.node).await;
+            // Containers of apps this node no longer runs go; each app's actor adopts its own.
+            let running: Vec<String> = self.apps();
+            remove_leftovers(&runtime, &self.node, &running).await;
             Ok::<_, RuntimeError>(Arc::new(runtime) as Arc<dyn ContainerRuntime>)
         };
         match docker.await {
@@ -184,7 +188,8 @@ impl Worker {
         }
     }
 
-    /// Stops and removes every instance (node shutdown), waiting up to `grace` for it.
+    /// Ends every app's actor at node shutdown. Containers stay as they are (running, paused
+    /// or stopped): the node's next run adopts them, so a restart does not make apps cold.
     pub async fn shutdown(&self, grace: Duration) {
         let actors: Vec<AppActor> = self
             .apps
@@ -194,14 +199,14 @@ impl Worker {
             .map(|(_, a)| a)
             .collect();
         for actor in &actors {
-            let _ = actor.tx.send(Message::Shutdown);
+            let _ = actor.tx.send(Message::Detach);
         }
         let handles: Vec<_> = self.actors.lock().expect("actors lock").drain(..).collect();
         if tokio::time::timeout(grace, futures_util::future::join_all(handles))
             .await
             .is_err()
         {
-            warn!("some instances were still stopping at shutdown");
+            warn!("some app actors were still busy at shutdown");
         }
     }
 
@@ -272,11 +277,14 @@ fn process_runtime(_node: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
     Err("the plain-process runtime is not available in this build".to_owned())
 }
 
-/// Removes every container a previous run of this node left (adoption comes later).
-async fn remove_leftovers(runtime: &dyn ContainerRuntime, node: &str) {
+/// Removes the containers a previous run of this node left for apps it no longer runs.
+async fn remove_leftovers(runtime: &dyn ContainerRuntime, node: &str, keep_apps: &[String]) {
     match runtime.list(node).await {
         Ok(leftovers) => {
-            for instance in leftovers {
+            for instance in leftovers
+                .into_iter()
+                .filter(|i| !keep_apps.contains(&i.app))
+            {
                 info!(container = %instance.id, app = %instance.app, "removing a leftover container");
                 if let Err(error) = runtime.remove(&instance.id).await {
                     warn!(container = %instance.id, %error, "could not remove a leftover container");
@@ -337,7 +345,12 @@ async fn run_actor(
     loop {
         let event = tokio::select! {
             message = rx.recv() => match message {
-                None | Some(Message::Shutdown) => break,
+                None | Some(Message::Detach) => return,
+                Some(Message::Shutdown) => break,
+                Some(Message::Deploy(spec, config)) if actor.specs.is_empty() => {
+                    actor.adopt_leftovers(&spec).await;
+                    actor.receive(Message::Deploy(spec, config))
+                }
                 Some(message) => actor.receive(message),
             },
             _ = tick.tick() => {
@@ -392,7 +405,39 @@ impl Actor {
                 }
                 Some(event)
             }
-            Message::Shutdown => None,
+            Message::Shutdown | Message::Detach => None,
+        }
+    }
+
+    /// Takes over the containers a previous run left for this app: those of the release being
+    /// deployed are adopted in their state, the others removed.
+    async fn adopt_leftovers(&mut self, spec: &InstanceSpec) {
+        let Ok(runtime) = self.worker.runtime().await else {
+            return;
+        };
+        let Ok(found) = runtime.list(&self.worker.node).await else {
+            return;
+        };
+        for info in found.into_iter().filter(|info| info.app == self.app) {
+            let same_release = info.release == spec.release && info.digest == spec.digest;
+            let phase = match (&info.state, info.addr) {
+                _ if !same_release => None,
+                (InstanceState::Running, Some(addr)) => Some(Phase::Ready { addr }),
+                (InstanceState::Paused, Some(addr)) => Some(Phase::Paused { addr }),
+                (InstanceState::Created | InstanceState::Exited { .. }, _) => Some(Phase::Stopped),
+                _ => None,
+            };
+            let Some(phase) = phase else {
+                info!(app = %self.app, container = %info.id, "removing a container of an old release");
+                let _ = runtime.remove(&info.id).await;
+                continue;
+            };
+            let instance = self.pool.adopt(Instant::now(), spec.release, phase.clone());
+            if let Phase::Ready { addr } | Phase::Paused { addr } = phase {
+                self.addrs.insert(instance, addr);
+            }
+            info!(app = %self.app, container = %info.id, state = ?info.state, "adopted a container");
+            self.containers.insert(instance, info.id);
         }
     }
 

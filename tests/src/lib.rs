@@ -164,6 +164,8 @@ pub struct TestNode {
     pub token: String,
     /// The node's name (unique per test node: containers are labelled with it).
     pub name: String,
+    /// Whether dropping the node removes its containers (a restart test keeps them).
+    pub remove_containers_on_drop: bool,
     log: PathBuf,
 }
 
@@ -175,13 +177,18 @@ impl TestNode {
 
     /// Like [`TestNode::start`], with extra node flags.
     pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Self {
+        Self::start_as(data_dir, &unique_node_name(), extra_args)
+    }
+
+    /// Starts a node with a given name (a restart of an earlier node keeps its name).
+    pub fn start_as(data_dir: &Path, name: &str, extra_args: &[&str]) -> Self {
         let mut last_log = String::new();
         // A port picked free can be taken before the node binds it; try a few.
         for _ in 0..3 {
             let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let log = data_dir.with_extension("log");
-            let name = unique_node_name();
+            let name = name.to_owned();
             let log_file = std::fs::File::create(&log).expect("create node log");
             let child = Command::new(shoal_bin())
                 .arg("seed")
@@ -202,6 +209,7 @@ impl TestNode {
                 data_dir: data_dir.to_owned(),
                 token: String::new(),
                 name,
+                remove_containers_on_drop: true,
                 log,
             };
             if node.wait_healthy(Duration::from_secs(30)) {
@@ -300,7 +308,9 @@ impl Drop for TestNode {
             let _ = child.kill();
             let _ = child.wait();
         }
-        remove_containers(&self.name);
+        if self.remove_containers_on_drop {
+            remove_containers(&self.name);
+        }
     }
 }
 

@@ -151,10 +151,83 @@ async fn fifty_concurrent_requests_to_a_cold_app_start_one_container() {
         "exactly one container"
     );
 
-    // A graceful stop takes the node's containers with it.
+    let container = container_ids(&node.name, "crowd");
+
+    // A restarted node adopts the running container: no new container, no cold start.
+    node.remove_containers_on_drop = false;
     let status = node.terminate();
     assert!(status.success(), "{}", node.log());
-    assert_eq!(container_states(&node.name, "crowd"), Vec::<String>::new());
+    assert_eq!(
+        container_states(&node.name, "crowd"),
+        ["running"],
+        "left for adoption"
+    );
+    let (data_dir, name) = (node.data_dir.clone(), node.name.clone());
+    drop(node);
+    // A container with this node's labels that no release names must go at the restart.
+    let ghost = std::process::Command::new("docker")
+        .args(["create", "--label", "io.shoal.managed=true"])
+        .args([
+            "--label",
+            &format!("io.shoal.node={name}"),
+            "--label",
+            "io.shoal.app=ghost",
+        ])
+        .args([
+            "--label",
+            "io.shoal.release=1",
+            "--label",
+            "io.shoal.digest=00",
+            "--label",
+            "io.shoal.role=service",
+        ])
+        .args(["shoal-runtime:latest", "node", "-e", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        ghost.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ghost.stderr)
+    );
+    assert_eq!(container_states(&name, "ghost"), ["created"]);
+    let node = TestNode::start_as(&data_dir, &name, &[]);
+    let response = client
+        .get(node.url("/apps/crowd/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{}", node.log());
+    assert!(
+        response.headers().get("x-shoal-cold-start-ms").is_none(),
+        "the adopted instance was warm"
+    );
+    assert_eq!(
+        container_ids(&node.name, "crowd"),
+        container,
+        "the same container serves"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !container_states(&node.name, "ghost").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stray container stayed\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn container_ids(node: &str, app: &str) -> Vec<String> {
+    let output = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc"])
+        .args(["--filter", &format!("label=io.shoal.node={node}")])
+        .args(["--filter", &format!("label=io.shoal.app={app}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
