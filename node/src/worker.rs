@@ -25,6 +25,7 @@ use crate::manifest::AppSpec;
 use crate::node::RuntimeKind;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::image::{connect_docker, ensure_runtime_image};
+use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{ContainerRuntime, InstanceSpec, InstanceState, RuntimeError};
 
 /// How long a started instance has to accept connections on its port.
@@ -272,9 +273,9 @@ impl ServiceBackend for AppActor {
     }
 }
 
-/// The plain-process runtime (wired in once `runtime::process` lands).
-fn process_runtime(_node: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
-    Err("the plain-process runtime is not available in this build".to_owned())
+/// The plain-process runtime: apps run as child processes of the node, not isolated.
+fn process_runtime(node: &str) -> Result<Arc<dyn ContainerRuntime>, String> {
+    Ok(Arc::new(ProcessRuntime::new(node.to_owned())))
 }
 
 /// Removes the containers a previous run of this node left for apps it no longer runs.

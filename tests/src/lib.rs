@@ -182,6 +182,15 @@ impl TestNode {
 
     /// Starts a node with a given name (a restart of an earlier node keeps its name).
     pub fn start_as(data_dir: &Path, name: &str, extra_args: &[&str]) -> Self {
+        Self::start_full(data_dir, name, extra_args, &[])
+    }
+
+    /// Like [`TestNode::start_with`], with extra environment variables for the node.
+    pub fn start_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_full(data_dir, &unique_node_name(), extra_args, env)
+    }
+
+    fn start_full(data_dir: &Path, name: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut last_log = String::new();
         // A port picked free can be taken before the node binds it; try a few.
         for _ in 0..3 {
@@ -197,6 +206,7 @@ impl TestNode {
                 .args(["--name", &name, "--drain-timeout", "20s"])
                 .args(extra_args)
                 .env("SHOAL_LOG", "info")
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().unwrap())
                 .stderr(log_file)
