@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run -p shoal-tests --release --bin bench -- static [--duration 10s] [--connections 32]
+//! cargo run -p shoal-tests --release --bin bench -- wake [--cycles 20]
 //! ```
 //!
 //! The machine is shared and noisy, so a scenario never reports an absolute figure alone: it
@@ -21,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use shoal_tests::bench::nginx::{self, Nginx};
 use shoal_tests::bench::report::{self, format_mib, Row};
+use shoal_tests::bench::wake;
 use shoal_tests::bench::wrk::{self, Target, WrkSettings};
 use shoal_tests::bench::{self, check_target, resident_memory_kib, Conditions, Expect};
 use shoal_tests::{examples_dir, shoal_bin, TestNode};
@@ -43,6 +45,8 @@ struct Cli {
 enum Scenario {
     /// Static app serving (examples/dashboard) next to nginx serving the same files.
     Static(LoadOptions),
+    /// Service apps woken from paused and from stopped, next to a bare `docker start`.
+    Wake(WakeOptions),
 }
 
 impl Scenario {
@@ -50,6 +54,7 @@ impl Scenario {
     fn name(&self) -> &'static str {
         match self {
             Scenario::Static(_) => "static",
+            Scenario::Wake(_) => "wake",
         }
     }
 }
@@ -95,6 +100,14 @@ impl LoadOptions {
     }
 }
 
+/// How many wakes of each kind are timed.
+#[derive(Args, Clone, Debug)]
+struct WakeOptions {
+    /// Measured cycles; each times one wake of every kind.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    cycles: u32,
+}
+
 /// What a scenario hands back: a report for people and the same data for machines.
 struct Results {
     markdown: String,
@@ -106,6 +119,7 @@ fn main() -> ExitCode {
     let name = cli.scenario.name();
     let results = match &cli.scenario {
         Scenario::Static(options) => static_apps(options),
+        Scenario::Wake(options) => wake_apps(options),
     };
     match results.and_then(|results| {
         let path = bench::write_results(name, &results.json)?;
@@ -172,6 +186,27 @@ fn static_apps(options: &LoadOptions) -> Result<Results> {
         load_average_at_end,
     };
     Ok(measured.results(options, &settings))
+}
+
+/// Service apps: wake from paused and from stopped, next to a bare start of the same container
+/// (see `shoal_tests::bench::wake`).
+fn wake_apps(options: &WakeOptions) -> Result<Results> {
+    eprintln!("bench: building shoal if needed (a release build takes minutes)");
+    let build_profile = profile_of(shoal_bin());
+    let release = if build_profile == "release" {
+        " --release"
+    } else {
+        ""
+    };
+    let command = format!(
+        "cargo run -p shoal-tests{release} --bin bench -- wake --cycles {}",
+        options.cycles
+    );
+    let report = wake::run(options.cycles, &build_profile, &command)?;
+    Ok(Results {
+        markdown: report.markdown,
+        json: report.json,
+    })
 }
 
 /// Everything the static scenario measured, before it is reported.
@@ -402,10 +437,24 @@ mod tests {
     #[test]
     fn cli_parses_the_static_scenario_with_defaults() {
         let cli = Cli::try_parse_from(["bench", "static"]).unwrap();
-        let Scenario::Static(options) = cli.scenario;
+        let Scenario::Static(options) = cli.scenario else {
+            panic!("parsed as another scenario");
+        };
         assert_eq!(options.duration, Duration::from_secs(10));
         assert_eq!(options.connections, 32);
         assert_eq!(options.repeats, 3);
         assert!(Cli::try_parse_from(["bench", "static", "--repeats", "0"]).is_err());
+    }
+
+    #[test]
+    fn cli_parses_the_wake_scenario_with_defaults() {
+        let cli = Cli::try_parse_from(["bench", "wake"]).unwrap();
+        let Scenario::Wake(options) = cli.scenario else {
+            panic!("parsed as another scenario");
+        };
+        assert_eq!(options.cycles, 20);
+        let cli = Cli::try_parse_from(["bench", "wake", "--cycles", "5"]).unwrap();
+        assert_eq!(cli.scenario.name(), "wake");
+        assert!(Cli::try_parse_from(["bench", "wake", "--cycles", "0"]).is_err());
     }
 }
