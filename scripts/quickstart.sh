@@ -33,6 +33,8 @@ done
 echo
 "$shoal" apps
 echo
-echo "Shoal is running. Open the dashboard at http://localhost:8080/apps/dashboard/ or http://dashboard.localhost:8080/"
+echo "Shoal is running."
+echo "  dashboard: http://localhost:8080/apps/dashboard/  or  http://dashboard.localhost:8080/"
+echo "  API:       curl http://localhost:8080/apps/api/hello?name=you   (the first request starts its container)"
 echo "Try: $shoal apps | $shoal deploy DIR | $shoal rm NAME.  Ctrl-C stops the node."
 wait "$node"
