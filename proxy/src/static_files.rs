@@ -6,13 +6,17 @@
 //! hashing file contents. This module sees paths relative to the app root only; serving under a
 //! path prefix is the rewriter's business.
 //!
-//! Filesystem lookups run on the blocking pool in one hop per request (path resolution), plus one
-//! to open the file when a body is needed; bodies stream from disk and are never read whole.
+//! All of a request's filesystem work (path lookup, metadata, open, HTML charset sniffing, and the
+//! read itself for small files) runs in one hop to the blocking pool: each hop costs a thread
+//! wake-up and a task switch, which used to cost more than the file system calls. Larger files
+//! stream from the handle opened in that hop.
 
-use std::io::{self, Read};
+use std::fs::Metadata;
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -22,7 +26,7 @@ use httpdate::HttpDate;
 use mime_guess::{mime, Mime};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use crate::body::{self, Body, BoxError};
@@ -44,6 +48,9 @@ const INDEX_FILES: [&str; 2] = ["index.html", "index.htm"];
 const MAX_SEGMENT_BYTES: usize = 255;
 /// How much of an HTML file is searched for a `<meta>` charset, as browsers do.
 const CHARSET_SNIFF_BYTES: u64 = 1024;
+/// Files up to this size are read whole in the lookup's blocking hop and sent from memory, so
+/// they cost no further hop; larger ones stream, one blocking-pool hop per chunk.
+const WHOLE_READ_BYTES: u64 = 64 * 1024;
 /// Read size for streamed bodies: large enough to keep syscalls per megabyte low.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Hex digits of the SHA-256 kept in an ETag; 80 bits is plenty to tell paths apart.
@@ -98,30 +105,42 @@ async fn serve_checked(
     let Some(request_path) = RequestPath::parse(path) else {
         return Ok(not_found());
     };
-    let lookup = Lookup {
+    let file_request = FileRequest {
         root: root.to_path_buf(),
         request_path,
-        spa_fallback: options.spa_fallback.clone(),
+        release_id: release_id.to_owned(),
+        options: options.clone(),
         accepts_gzip: accepts_gzip(&request.headers),
+        head: request.method == Method::HEAD,
+        preconditions: precondition_headers(&request.headers),
     };
-    match run_blocking(move || lookup.locate()).await? {
-        Located::Missing | Located::Refused => Ok(not_found()),
-        Located::Redirect(location) => Ok(redirect(&location)),
-        Located::File(choice) => respond_with_file(choice, release_id, request, options).await,
-    }
-}
-
-async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
+    tokio::task::spawn_blocking(move || file_request.respond())
         .await
         .map_err(io::Error::other)?
 }
 
-/// A request path, decoded and split, with every segment safe to join onto the root.
+/// The request headers that choose between 200, 206 and 304, copied so that the choice is made
+/// in the blocking hop before anything is opened. Copies are cheap: header values share the
+/// buffer the request was read into, and an empty map allocates nothing.
+fn precondition_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::RANGE,
+        header::IF_RANGE,
+    ] {
+        for value in headers.get_all(&name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
+/// A request path, decoded, with every segment safe to join onto the root.
 struct RequestPath {
-    segments: Vec<String>,
+    /// The segments joined with '/', without empty or "." ones; empty for the root.
+    relative: String,
     trailing_slash: bool,
 }
 
@@ -129,7 +148,7 @@ impl RequestPath {
     fn parse(raw: &str) -> Option<Self> {
         let decoded = percent_decode_str(raw).decode_utf8().ok()?;
         Some(Self {
-            segments: safe_segments(&decoded)?,
+            relative: safe_relative(&decoded)?,
             trailing_slash: decoded.ends_with('/'),
         })
     }
@@ -138,7 +157,11 @@ impl RequestPath {
     /// become a protocol-relative redirect.
     fn directory_location(&self) -> String {
         let mut location = String::from("/");
-        for segment in &self.segments {
+        for segment in self
+            .relative
+            .split('/')
+            .filter(|segment| !segment.is_empty())
+        {
             location.extend(utf8_percent_encode(segment, SEGMENT_ESCAPES));
             location.push('/');
         }
@@ -146,57 +169,138 @@ impl RequestPath {
     }
 }
 
-/// Splits a decoded path into segments, or `None` when the path tries to leave where it is joined.
-/// Splitting after decoding is deliberate: `%2F..%2F` must count as a `..` segment.
-fn safe_segments(decoded: &str) -> Option<Vec<String>> {
+/// Joins a decoded path's segments with '/', or `None` when the path tries to leave where it is
+/// joined. Splitting after decoding is deliberate: `%2F..%2F` must count as a `..` segment.
+fn safe_relative(decoded: &str) -> Option<String> {
     if decoded.contains(['\0', '\\']) {
         return None;
     }
-    let mut segments = Vec::new();
+    let mut relative = String::with_capacity(decoded.len());
     for segment in decoded.split('/') {
         match segment {
             "" | "." => {}
             ".." => return None,
             long if long.len() > MAX_SEGMENT_BYTES => return None,
-            segment => segments.push(segment.to_owned()),
+            segment => {
+                if !relative.is_empty() {
+                    relative.push('/');
+                }
+                relative.push_str(segment);
+            }
         }
     }
-    Some(segments)
+    Some(relative)
+}
+
+/// Where an entry was found under the release root.
+struct Found {
+    /// The path joined from the root, or the canonical path when a symlink was followed.
+    path: PathBuf,
+    /// No symlink lies between the root and `path`, so an entry beside or inside it is in the
+    /// root unless its own last component is a symlink.
+    plain: bool,
 }
 
 /// What the filesystem holds at a path relative to the release root.
 enum Entry {
-    /// The canonical path and the modification time, when the platform knows it.
-    File(PathBuf, Option<SystemTime>),
-    Directory,
+    File(Found, Metadata),
+    Directory(Found),
     Missing,
     /// Exists but must not be served: outside the root after following symlinks, or the config.
     Refused,
 }
 
-/// The release directory, canonicalized so that containment checks compare like with like.
-struct Release {
-    root: PathBuf,
+/// The release directory. Paths are joined onto it from checked segments, so only a symlink on
+/// the way can lead out of it. The bundle store admits no symlink that leaves the bundle; as a
+/// second line of defence, a path with a symlink on it is canonicalized and checked, while the
+/// common path without one costs one `lstat` per segment and no `readlink`.
+struct Release<'a> {
+    root: &'a Path,
 }
 
-impl Release {
+impl Release<'_> {
+    /// Looks up `relative` (checked segments joined with '/'; empty for the root itself).
     fn entry(&self, relative: &str) -> io::Result<Entry> {
+        let mut path = self.root.to_path_buf();
+        if relative.is_empty() {
+            return Ok(Entry::Directory(Found { path, plain: true }));
+        }
+        let (directories, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+        for segment in directories.split('/').filter(|segment| !segment.is_empty()) {
+            path.push(segment);
+            match symlink_metadata_if_present(&path)? {
+                Some(metadata) if metadata.is_symlink() => {
+                    return self.entry_through_symlinks(relative)
+                }
+                Some(metadata) if metadata.is_dir() => {}
+                _ => return Ok(Entry::Missing),
+            }
+        }
+        path.push(name);
+        self.last_component(relative, path)
+    }
+
+    /// Looks up `relative` at `path`, which lies beside or inside `known`.
+    fn entry_near(&self, known: &Found, relative: &str, path: PathBuf) -> io::Result<Entry> {
+        if known.plain {
+            self.last_component(relative, path)
+        } else {
+            self.entry_through_symlinks(relative)
+        }
+    }
+
+    /// `path` is `relative` joined onto the root, and its parent is a directory in the root
+    /// reached without symlinks.
+    fn last_component(&self, relative: &str, path: PathBuf) -> io::Result<Entry> {
+        let Some(metadata) = symlink_metadata_if_present(&path)? else {
+            return Ok(Entry::Missing);
+        };
+        if metadata.is_symlink() {
+            return self.entry_through_symlinks(relative);
+        }
+        if relative == CONFIG_FILE {
+            return Ok(Entry::Refused);
+        }
+        Ok(classify(Found { path, plain: true }, metadata))
+    }
+
+    /// The thorough check, kept for the rare path with a symlink on it: the fully resolved path
+    /// must still be inside the root and must not be its config.
+    fn entry_through_symlinks(&self, relative: &str) -> io::Result<Entry> {
         let canonical = match std::fs::canonicalize(self.root.join(relative)) {
             Ok(canonical) => canonical,
             Err(error) if is_missing(&error) => return Ok(Entry::Missing),
             Err(error) => return Err(error),
         };
-        if !canonical.starts_with(&self.root) || canonical == self.root.join(CONFIG_FILE) {
+        let root = std::fs::canonicalize(self.root)?;
+        if !canonical.starts_with(&root) || canonical == root.join(CONFIG_FILE) {
             return Ok(Entry::Refused);
         }
         let metadata = std::fs::metadata(&canonical)?;
-        Ok(if metadata.is_dir() {
-            Entry::Directory
-        } else if metadata.is_file() {
-            Entry::File(canonical, metadata.modified().ok())
-        } else {
-            Entry::Missing
-        })
+        let found = Found {
+            path: canonical,
+            plain: false,
+        };
+        Ok(classify(found, metadata))
+    }
+}
+
+fn classify(found: Found, metadata: Metadata) -> Entry {
+    if metadata.is_dir() {
+        Entry::Directory(found)
+    } else if metadata.is_file() {
+        Entry::File(found, metadata)
+    } else {
+        Entry::Missing
+    }
+}
+
+/// `symlink_metadata`, with an absent entry as `None`.
+fn symlink_metadata_if_present(path: &Path) -> io::Result<Option<Metadata>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) => Ok(Some(metadata)),
+        Err(error) if is_missing(&error) => Ok(None),
+        Err(error) => Err(error),
     }
 }
 
@@ -207,12 +311,17 @@ fn is_missing(error: &io::Error) -> bool {
     )
 }
 
-/// Everything path resolution needs, owned so that it can move to the blocking pool.
-struct Lookup {
+/// Everything one request needs, owned so that it can move to the blocking pool.
+struct FileRequest {
     root: PathBuf,
     request_path: RequestPath,
-    spa_fallback: Option<String>,
+    release_id: String,
+    options: StaticOptions,
     accepts_gzip: bool,
+    /// HEAD gets the headers a GET would, so the file is looked up but never read.
+    head: bool,
+    /// See [`precondition_headers`].
+    preconditions: HeaderMap,
 }
 
 /// The outcome of path resolution.
@@ -229,32 +338,58 @@ struct FileChoice {
     relative: String,
     /// The uncompressed file, which HTML charset sniffing reads even when the `.gz` is sent.
     identity_path: PathBuf,
-    served_path: PathBuf,
-    served_modified: Option<SystemTime>,
-    gzip: bool,
+    /// The `.gz` sibling when it is sent instead: it exists and the client accepts gzip.
+    gzip_path: Option<PathBuf>,
+    /// Of the variant sent.
+    modified: Option<SystemTime>,
+    /// Of the variant sent, as the lookup saw it.
+    length: u64,
     has_gzip_sibling: bool,
 }
 
-impl Lookup {
-    fn locate(self) -> io::Result<Located> {
-        let release = Release {
-            root: std::fs::canonicalize(&self.root)?,
+impl FileChoice {
+    fn gzip(&self) -> bool {
+        self.gzip_path.is_some()
+    }
+
+    fn served_path(&self) -> &Path {
+        self.gzip_path.as_deref().unwrap_or(&self.identity_path)
+    }
+}
+
+impl FileRequest {
+    /// The whole response, built on the blocking pool.
+    fn respond(self) -> io::Result<Response<Body>> {
+        let response = match self.locate()? {
+            Located::File(choice) => return self.respond_with_file(choice),
+            Located::Missing | Located::Refused => not_found(),
+            Located::Redirect(location) => redirect(&location),
         };
-        let relative = self.request_path.segments.join("/");
+        // Lookups never look at the root itself, so a root that is gone looks like an empty
+        // release; that is the operator's problem (500), not a missing page (404).
+        std::fs::metadata(&self.root)?;
+        Ok(response)
+    }
+
+    fn locate(&self) -> io::Result<Located> {
+        let release = Release { root: &self.root };
+        let relative = &self.request_path.relative;
         let trailing_slash = self.request_path.trailing_slash;
-        match release.entry(&relative)? {
+        match release.entry(relative)? {
             Entry::Refused => return Ok(Located::Refused),
-            Entry::File(path, modified) if !trailing_slash => {
-                return self.choose_variant(&release, relative, path, modified);
+            Entry::File(file, metadata) if !trailing_slash => {
+                return self.choose_variant(&release, relative.clone(), file, metadata);
             }
-            Entry::Directory if !trailing_slash => {
+            Entry::Directory(_) if !trailing_slash => {
                 return Ok(Located::Redirect(self.request_path.directory_location()));
             }
-            Entry::Directory => {
+            Entry::Directory(directory) => {
                 for index in INDEX_FILES {
-                    let index_relative = join_relative(&relative, index);
-                    if let Entry::File(path, modified) = release.entry(&index_relative)? {
-                        return self.choose_variant(&release, index_relative, path, modified);
+                    let index_relative = join_relative(relative, index);
+                    let index_path = directory.path.join(index);
+                    let entry = release.entry_near(&directory, &index_relative, index_path)?;
+                    if let Entry::File(file, metadata) = entry {
+                        return self.choose_variant(&release, index_relative, file, metadata);
                     }
                 }
             }
@@ -264,16 +399,15 @@ impl Lookup {
     }
 
     fn locate_fallback(&self, release: &Release) -> io::Result<Located> {
-        let Some(fallback) = &self.spa_fallback else {
+        let Some(fallback) = &self.options.spa_fallback else {
             return Ok(Located::Missing);
         };
-        let Some(segments) = safe_segments(fallback) else {
+        let Some(relative) = safe_relative(fallback) else {
             tracing::warn!(fallback = %fallback, "spa fallback path refused");
             return Ok(Located::Missing);
         };
-        let relative = segments.join("/");
         match release.entry(&relative)? {
-            Entry::File(path, modified) => self.choose_variant(release, relative, path, modified),
+            Entry::File(file, metadata) => self.choose_variant(release, relative, file, metadata),
             _ => Ok(Located::Missing),
         }
     }
@@ -282,24 +416,27 @@ impl Lookup {
         &self,
         release: &Release,
         relative: String,
-        identity_path: PathBuf,
-        identity_modified: Option<SystemTime>,
+        identity: Found,
+        identity_metadata: Metadata,
     ) -> io::Result<Located> {
-        let gzip_sibling = match release.entry(&format!("{relative}.gz"))? {
-            Entry::File(path, modified) => Some((path, modified)),
+        let mut gzip_path = identity.path.clone().into_os_string();
+        gzip_path.push(".gz");
+        let gzip_relative = format!("{relative}.gz");
+        let gzip_sibling = match release.entry_near(&identity, &gzip_relative, gzip_path.into())? {
+            Entry::File(found, metadata) => Some((found.path, metadata)),
             _ => None,
         };
         let has_gzip_sibling = gzip_sibling.is_some();
-        let (served_path, served_modified, gzip) = match gzip_sibling {
-            Some((path, modified)) if self.accepts_gzip => (path, modified, true),
-            _ => (identity_path.clone(), identity_modified, false),
+        let (gzip_path, metadata) = match gzip_sibling {
+            Some((path, metadata)) if self.accepts_gzip => (Some(path), metadata),
+            _ => (None, identity_metadata),
         };
         Ok(Located::File(FileChoice {
             relative,
-            identity_path,
-            served_path,
-            served_modified,
-            gzip,
+            identity_path: identity.path,
+            gzip_path,
+            modified: metadata.modified().ok(),
+            length: metadata.len(),
             has_gzip_sibling,
         }))
     }
@@ -328,8 +465,8 @@ impl Representation {
             _ => "no-cache".to_owned(),
         };
         Self {
-            etag: etag(release_id, &choice.relative, choice.gzip),
-            last_modified: choice.served_modified.and_then(http_date),
+            etag: etag(release_id, &choice.relative, choice.gzip()),
+            last_modified: choice.modified.and_then(http_date),
             cache_control,
             vary: choice.has_gzip_sibling,
         }
@@ -369,53 +506,46 @@ fn http_date(time: SystemTime) -> Option<HttpDate> {
         .then(|| HttpDate::from(UNIX_EPOCH + Duration::from_secs(whole_seconds)))
 }
 
-async fn respond_with_file(
-    choice: FileChoice,
-    release_id: &str,
-    request: &http::request::Parts,
-    options: &StaticOptions,
-) -> io::Result<Response<Body>> {
-    let mime = mime_guess::from_path(&choice.relative).first_or_octet_stream();
-    let representation = Representation::new(&choice, release_id, &mime, options);
-    if is_not_modified(&request.headers, &representation) {
-        return Ok(representation.response(StatusCode::NOT_MODIFIED, body::empty()));
-    }
-    let gzip = choice.gzip;
-    let sniff_charset = is_html(&mime);
-    let opened = run_blocking(move || open_choice(&choice, sniff_charset)).await?;
-    let range = if request.method == Method::GET && !gzip {
-        requested_range(&request.headers, &representation, opened.length)
-    } else {
-        ByteRange::Full
-    };
-    let (status, start, length) = match range {
-        ByteRange::Full => (StatusCode::OK, 0, opened.length),
-        ByteRange::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
-        ByteRange::Unsatisfiable => {
-            return Ok(range_not_satisfiable(&representation, opened.length))
+impl FileRequest {
+    fn respond_with_file(&self, choice: FileChoice) -> io::Result<Response<Body>> {
+        let mime = mime_guess::from_path(&choice.relative).first_or_octet_stream();
+        let representation = Representation::new(&choice, &self.release_id, &mime, &self.options);
+        if is_not_modified(&self.preconditions, &representation) {
+            return Ok(representation.response(StatusCode::NOT_MODIFIED, body::empty()));
         }
-    };
-    let body = if request.method == Method::HEAD {
-        body::empty()
-    } else {
-        file_body(opened.file, start, length).await?
-    };
-    let mut response = representation.response(status, body);
-    let headers = response.headers_mut();
-    let content_type = content_type(&mime, opened.html_charset.as_deref());
-    insert(headers, header::CONTENT_TYPE, &content_type);
-    insert(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    if gzip {
-        insert(headers, header::CONTENT_ENCODING, "gzip");
-    } else {
-        insert(headers, header::ACCEPT_RANGES, "bytes");
+        let opened = open_choice(&choice, is_html(&mime), !self.head)?;
+        let range = if !self.head && !choice.gzip() {
+            requested_range(&self.preconditions, &representation, opened.length)
+        } else {
+            ByteRange::Full
+        };
+        let (status, start, length) = match range {
+            ByteRange::Full => (StatusCode::OK, 0, opened.length),
+            ByteRange::Partial { start, end } => {
+                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            }
+            ByteRange::Unsatisfiable => {
+                return Ok(range_not_satisfiable(&representation, opened.length))
+            }
+        };
+        let body = opened.content.into_body(start, length)?;
+        let mut response = representation.response(status, body);
+        let headers = response.headers_mut();
+        let content_type = content_type(&mime, opened.html_charset.as_deref());
+        insert(headers, header::CONTENT_TYPE, &content_type);
+        insert(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if choice.gzip() {
+            insert(headers, header::CONTENT_ENCODING, "gzip");
+        } else {
+            insert(headers, header::ACCEPT_RANGES, "bytes");
+        }
+        if status == StatusCode::PARTIAL_CONTENT {
+            let content_range = format!("bytes {start}-{}/{}", start + length - 1, opened.length);
+            insert(headers, header::CONTENT_RANGE, &content_range);
+        }
+        Ok(response)
     }
-    if status == StatusCode::PARTIAL_CONTENT {
-        let content_range = format!("bytes {start}-{}/{}", start + length - 1, opened.length);
-        insert(headers, header::CONTENT_RANGE, &content_range);
-    }
-    Ok(response)
 }
 
 fn range_not_satisfiable(representation: &Representation, length: u64) -> Response<Body> {
@@ -429,40 +559,95 @@ fn range_not_satisfiable(representation: &Representation, length: u64) -> Respon
 
 /// The served variant, opened, with what was learned while opening it.
 struct OpenedFile {
-    file: std::fs::File,
-    /// Taken from the open handle so that Content-Length matches the bytes streamed.
+    content: Content,
+    /// Of the bytes in `content`, so that Content-Length matches what is sent.
     length: u64,
     html_charset: Option<String>,
 }
 
-fn open_choice(choice: &FileChoice, sniff_charset: bool) -> io::Result<OpenedFile> {
-    let html_charset = if sniff_charset {
-        let mut head = Vec::new();
-        std::fs::File::open(&choice.identity_path)?
-            .take(CHARSET_SNIFF_BYTES)
-            .read_to_end(&mut head)?;
-        sniff_html_charset(&head)
+/// The served variant's bytes, as far as the response needs them.
+enum Content {
+    /// HEAD: the lookup's metadata gives the length, the file is never opened.
+    HeadersOnly,
+    /// A small file, read whole in the blocking hop that found it.
+    Whole(Bytes),
+    /// A large file, opened in that hop and streamed from the handle.
+    Stream(std::fs::File),
+}
+
+fn open_choice(
+    choice: &FileChoice,
+    sniff_charset: bool,
+    wants_body: bool,
+) -> io::Result<OpenedFile> {
+    let (content, length) = if wants_body {
+        open_served(choice.served_path(), choice.length)?
     } else {
-        None
+        (Content::HeadersOnly, choice.length)
     };
-    let file = std::fs::File::open(&choice.served_path)?;
-    let length = file.metadata()?.len();
+    let html_charset = match &content {
+        _ if !sniff_charset => None,
+        // The identity file's head is in memory already: no second open.
+        Content::Whole(bytes) if !choice.gzip() => {
+            let head_length = bytes.len().min(CHARSET_SNIFF_BYTES as usize);
+            sniff_html_charset(&bytes[..head_length])
+        }
+        _ => sniff_html_charset(&read_head(&choice.identity_path)?),
+    };
     Ok(OpenedFile {
-        file,
+        content,
         length,
         html_charset,
     })
 }
 
-async fn file_body(file: std::fs::File, start: u64, length: u64) -> io::Result<Body> {
-    let mut file = tokio::fs::File::from_std(file);
-    if start > 0 {
-        file.seek(io::SeekFrom::Start(start)).await?;
+/// Opens the served variant, reading it whole when it is small. `expected_length` is the size
+/// the lookup saw; a release never changes, but the length sent is always that of the bytes read
+/// or of the open handle, never a stale one.
+fn open_served(path: &Path, expected_length: u64) -> io::Result<(Content, u64)> {
+    let file = std::fs::File::open(path)?;
+    if expected_length > WHOLE_READ_BYTES {
+        let length = file.metadata()?.len();
+        return Ok((Content::Stream(file), length));
     }
-    let stream = ReaderStream::with_capacity(file.take(length), CHUNK_BYTES)
-        .map_ok(Frame::data)
-        .map_err(BoxError::from);
-    Ok(StreamBody::new(stream).boxed_unsync())
+    // Reading through `take` stops at the expected size without the extra read() that would
+    // confirm the end of file, and without the fstat that `File::read_to_end` makes.
+    let mut bytes = Vec::with_capacity(expected_length as usize);
+    file.take(expected_length).read_to_end(&mut bytes)?;
+    let length = bytes.len() as u64;
+    Ok((Content::Whole(Bytes::from(bytes)), length))
+}
+
+fn read_head(path: &Path) -> io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    std::fs::File::open(path)?
+        .take(CHARSET_SNIFF_BYTES)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
+impl Content {
+    /// The body for bytes `start..start + length`, which the caller has checked against the length.
+    fn into_body(self, start: u64, length: u64) -> io::Result<Body> {
+        match self {
+            Content::HeadersOnly => Ok(body::empty()),
+            Content::Whole(bytes) => {
+                let (start, end) = (start as usize, (start + length) as usize);
+                Ok(body::full(bytes.slice(start..end)))
+            }
+            Content::Stream(mut file) => {
+                if start > 0 {
+                    // Still on the blocking pool: seeking here saves a hop.
+                    file.seek(io::SeekFrom::Start(start))?;
+                }
+                let file = tokio::fs::File::from_std(file).take(length);
+                let stream = ReaderStream::with_capacity(file, CHUNK_BYTES)
+                    .map_ok(Frame::data)
+                    .map_err(BoxError::from);
+                Ok(StreamBody::new(stream).boxed_unsync())
+            }
+        }
+    }
 }
 
 /// RFC 9110 §13.2.2: If-None-Match decides alone when present; If-Modified-Since only otherwise.

@@ -577,3 +577,147 @@ fn range_parsing_edge_cases() {
     assert_eq!(parse_range("bytes=-", 10), ByteRange::Full);
     assert_eq!(parse_range("bytes=1", 10), ByteRange::Full);
 }
+
+/// Bytes that differ at every offset a test might slice at, so a wrong seek shows.
+fn patterned(length: usize) -> String {
+    (0..length)
+        .map(|index| char::from(b'a' + (index % 26) as u8))
+        .collect()
+}
+
+#[tokio::test]
+async fn files_around_the_whole_read_limit_are_served_in_full() {
+    let fixture = Fixture::new();
+    let limit = WHOLE_READ_BYTES as usize;
+    for length in [limit - 1, limit, limit + 1, 3 * limit + 17] {
+        let content = patterned(length);
+        fixture.write("big.bin", &content);
+        let response = fixture.get("/big.bin", &[]).await;
+        assert_eq!(response.status(), StatusCode::OK, "{length}");
+        let expected_length = length.to_string();
+        assert_eq!(
+            header_of(&response, header::CONTENT_LENGTH),
+            expected_length
+        );
+        assert_eq!(body_of(response).await, content.as_bytes(), "{length}");
+    }
+}
+
+#[tokio::test]
+async fn ranges_of_a_streamed_file_start_at_the_right_byte() {
+    let fixture = Fixture::new();
+    let length = 2 * WHOLE_READ_BYTES as usize + 5;
+    let content = patterned(length);
+    fixture.write("big.bin", &content);
+    let cases = [
+        ("bytes=70000-70009".to_owned(), 70_000, 70_009),
+        (format!("bytes={}-", length - 3), length - 3, length - 1),
+        ("bytes=-100000".to_owned(), length - 100_000, length - 1),
+    ];
+    for (range, start, end) in cases {
+        let response = fixture.get("/big.bin", &[(header::RANGE, &range)]).await;
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        let content_range = format!("bytes {start}-{end}/{length}");
+        assert_eq!(header_of(&response, header::CONTENT_RANGE), content_range);
+        assert_eq!(
+            body_of(response).await,
+            content.as_bytes()[start..=end],
+            "{range}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn head_of_a_large_file_has_its_length() {
+    let fixture = Fixture::new();
+    let length = WHOLE_READ_BYTES as usize + 1;
+    fixture.write("big.bin", &patterned(length));
+    let options = StaticOptions::default();
+    let head = fixture
+        .request(Method::HEAD, "/big.bin", &[], &options)
+        .await;
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header_of(&head, header::CONTENT_LENGTH), length.to_string());
+    assert!(body_of(head).await.is_empty());
+}
+
+#[tokio::test]
+async fn symlinked_directories_inside_the_root_are_served() {
+    let fixture = Fixture::new();
+    fixture.write("docs/sub/page.txt.gz", "gz page");
+    std::os::unix::fs::symlink("docs", fixture.root.join("manual")).unwrap();
+    std::os::unix::fs::symlink("docs/sub", fixture.root.join("sub-alias")).unwrap();
+    let response = fixture.get("/manual/sub/page.txt", &[]).await;
+    assert_eq!(body_of(response).await, "sub page");
+    let response = fixture.get("/manual/", &[]).await;
+    assert_eq!(body_of(response).await, "docs index");
+    let response = fixture.get("/manual", &[]).await;
+    assert_eq!(header_of(&response, header::LOCATION), "/manual/");
+
+    let gzip = [(header::ACCEPT_ENCODING, "gzip")];
+    let response = fixture.get("/sub-alias/page.txt", &gzip).await;
+    assert_eq!(header_of(&response, header::CONTENT_ENCODING), "gzip");
+    assert_eq!(body_of(response).await, "gz page");
+}
+
+#[tokio::test]
+async fn the_config_is_refused_through_a_symlinked_directory() {
+    let fixture = Fixture::new();
+    std::os::unix::fs::symlink(".", fixture.root.join("self")).unwrap();
+    std::os::unix::fs::symlink("..", fixture.root.join("docs/parent")).unwrap();
+    for path in ["/self/shoal.toml", "/docs/parent/shoal.toml"] {
+        let response = fixture.request(Method::GET, path, &[], &spa()).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let response = fixture.get("/docs/parent/style.css", &[]).await;
+    assert_eq!(body_of(response).await, "body { color: red }");
+}
+
+#[tokio::test]
+async fn a_symlinked_gzip_sibling_outside_the_root_is_ignored() {
+    let fixture = Fixture::new();
+    std::os::unix::fs::symlink(fixture.outside(), fixture.root.join("style.css.gz")).unwrap();
+    let response = fixture
+        .get("/style.css", &[(header::ACCEPT_ENCODING, "gzip")])
+        .await;
+    assert!(response.headers().get(header::CONTENT_ENCODING).is_none());
+    assert!(response.headers().get(header::VARY).is_none());
+    assert_eq!(body_of(response).await, "body { color: red }");
+}
+
+#[tokio::test]
+async fn charset_is_sniffed_for_head_and_for_the_gzip_variant() {
+    let fixture = Fixture::new();
+    fixture.write("latin.html", "<meta charset=\"iso-8859-1\">");
+    fixture.write("latin.html.gz", "pretend gzip bytes");
+    let options = StaticOptions::default();
+    let head = fixture
+        .request(Method::HEAD, "/latin.html", &[], &options)
+        .await;
+    assert_eq!(
+        header_of(&head, header::CONTENT_TYPE),
+        "text/html; charset=iso-8859-1"
+    );
+    let response = fixture
+        .get("/latin.html", &[(header::ACCEPT_ENCODING, "gzip")])
+        .await;
+    assert_eq!(header_of(&response, header::CONTENT_ENCODING), "gzip");
+    assert_eq!(
+        header_of(&response, header::CONTENT_TYPE),
+        "text/html; charset=iso-8859-1"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_root_is_an_error_for_redirects_and_misses_too() {
+    let missing_root = Path::new("/definitely/not/a/release/root");
+    let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
+    for path in ["", "/nothing.txt", "/deep/nothing/"] {
+        let response = serve(missing_root, RELEASE, path, &parts, &spa()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{path}"
+        );
+    }
+}
