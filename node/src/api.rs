@@ -125,13 +125,18 @@ async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut upload = request.into_body().into_data_stream();
     if declared.is_some_and(|length| length > limit) {
+        drain_refused_upload(&mut upload, declared).await;
         return Err(BundleError::TooLarge { limit }.into());
     }
-    let staged = node
-        .bundles
-        .stage(request.into_body().into_data_stream())
-        .await?;
+    let staged = match node.bundles.stage(&mut upload).await {
+        Ok(staged) => staged,
+        Err(error) => {
+            drain_refused_upload(&mut upload, declared).await;
+            return Err(error.into());
+        }
+    };
     let unpack_node = node.clone();
     let (staged, unpacked, spec) = tokio::task::spawn_blocking(move || {
         let unpacked = unpack_node.bundles.unpack(&staged)?;
@@ -198,6 +203,33 @@ async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response
         }),
     ))
 }
+
+/// Reads and discards what is left of a refused upload, so the client, still sending, gets to
+/// read the error instead of a reset connection. Bounded: a client that would send more than
+/// [`DRAIN_LIMIT`], or take longer than [`DRAIN_TIME`], is cut off.
+async fn drain_refused_upload<S>(upload: &mut S, declared: Option<u64>)
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, hyper::Error>> + Unpin,
+{
+    if declared.is_some_and(|length| length > DRAIN_LIMIT) {
+        return;
+    }
+    let drain = async {
+        let mut drained = 0u64;
+        while let Some(Ok(chunk)) = upload.next().await {
+            drained += chunk.len() as u64;
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+}
+
+/// Most bytes of a refused upload read before answering.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+/// Longest time spent reading a refused upload before answering.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn list_apps(node: &Node) -> Response<Body> {
     let table = node.table();

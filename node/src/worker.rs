@@ -32,6 +32,8 @@ use crate::runtime::{ContainerRuntime, InstanceSpec, InstanceState, RuntimeError
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often idle timers, deadlines and crashed instances are checked.
 const TICK: Duration = Duration::from_millis(500);
+/// Longest wait for one readiness connect attempt.
+const CONNECT_ATTEMPT: Duration = Duration::from_millis(250);
 /// Grace between SIGTERM and SIGKILL when an instance stops.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -728,7 +730,10 @@ async fn wait_for_port(
     let mut delay = Duration::from_millis(2);
     let mut next_state_check = Instant::now() + Duration::from_millis(200);
     loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        // Bounded: once a container exits its address vanishes from the bridge, and a connect
+        // to it hangs on ARP instead of being refused.
+        let attempt = tokio::time::timeout(CONNECT_ATTEMPT, tokio::net::TcpStream::connect(addr));
+        if let Ok(Ok(_)) = attempt.await {
             return Ok(());
         }
         let now = Instant::now();

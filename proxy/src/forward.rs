@@ -17,6 +17,9 @@ use tracing::debug;
 
 use crate::body::{self, Body};
 
+/// Longest wait for a connection to an instance.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Where a request goes and what the ingress knows about the client.
 #[derive(Clone, Debug)]
 pub struct ForwardTarget {
@@ -41,12 +44,16 @@ pub async fn forward(
 ) -> Response<Body> {
     let client_upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
     prepare_request_headers(request.headers_mut(), &target);
-    let stream = match TcpStream::connect(target.addr).await {
-        Ok(stream) => stream,
-        Err(error) => {
+    // Bounded: the address of an instance that died can vanish, and a connect to it would
+    // hang rather than be refused.
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr));
+    let stream = match connect.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
             debug!(addr = %target.addr, %error, "instance refused the connection");
             return bad_gateway("the app is not accepting connections");
         }
+        Err(_) => return bad_gateway("the app is not accepting connections"),
     };
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) =

