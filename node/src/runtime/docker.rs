@@ -32,7 +32,8 @@ use futures_util::stream::{BoxStream, StreamExt};
 use tokio::time::Instant;
 
 use super::{
-    labels, ContainerRuntime, InstanceInfo, InstanceSpec, InstanceState, JobOutcome, RuntimeError,
+    labels, tail_text, ContainerRuntime, InstanceInfo, InstanceSpec, InstanceState, JobOutcome,
+    RuntimeError,
 };
 
 /// The bridge network every app container joins.
@@ -670,20 +671,6 @@ fn instance_state(state: Option<&ContainerState>) -> InstanceState {
         Some(other) => InstanceState::Other(other.to_string()),
         None => InstanceState::Other("unknown".to_string()),
     }
-}
-
-/// The last `limit` bytes of `output` as text, from the first full line when it was cut.
-fn tail_text(output: &[u8], limit: usize) -> String {
-    if output.len() <= limit {
-        return String::from_utf8_lossy(output).into_owned();
-    }
-    let mut tail = &output[output.len() - limit..];
-    if let Some(newline) = tail.iter().position(|&byte| byte == b'\n') {
-        if newline + 1 < tail.len() {
-            tail = &tail[newline + 1..];
-        }
-    }
-    String::from_utf8_lossy(tail).into_owned()
 }
 
 fn status_code(err: &DockerError) -> Option<u16> {

@@ -173,3 +173,17 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         timeout: Duration,
     ) -> Result<JobOutcome, RuntimeError>;
 }
+
+/// The last `limit` bytes of `output` as text, from the first full line when it was cut.
+pub(crate) fn tail_text(output: &[u8], limit: usize) -> String {
+    if output.len() <= limit {
+        return String::from_utf8_lossy(output).into_owned();
+    }
+    let mut tail = &output[output.len() - limit..];
+    if let Some(newline) = tail.iter().position(|&byte| byte == b'\n') {
+        if newline + 1 < tail.len() {
+            tail = &tail[newline + 1..];
+        }
+    }
+    String::from_utf8_lossy(tail).into_owned()
+}

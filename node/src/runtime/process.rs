@@ -43,7 +43,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{
-    ContainerRuntime, InstanceInfo, InstanceSpec, InstanceState, JobOutcome, RuntimeError,
+    tail_text, ContainerRuntime, InstanceInfo, InstanceSpec, InstanceState, JobOutcome,
+    RuntimeError,
 };
 
 /// How many lines of output each instance keeps.
@@ -647,20 +648,6 @@ fn kill_group_now(pgid: u32) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-}
-
-/// The last `limit` bytes of `output` as text, from the first full line when it was cut.
-fn tail_text(output: &[u8], limit: usize) -> String {
-    if output.len() <= limit {
-        return String::from_utf8_lossy(output).into_owned();
-    }
-    let mut tail = &output[output.len() - limit..];
-    if let Some(newline) = tail.iter().position(|&byte| byte == b'\n') {
-        if newline + 1 < tail.len() {
-            tail = &tail[newline + 1..];
-        }
-    }
-    String::from_utf8_lossy(tail).into_owned()
 }
 
 fn spawn_error(program: &str, err: &io::Error) -> RuntimeError {
