@@ -199,24 +199,25 @@ impl AppTable {
     }
 }
 
+/// A `Deploy` of a static app named `name` with bundle `digest` at time `at` (tests).
+#[cfg(test)]
+pub(crate) fn deploy_for_test(name: &str, digest: &str, at: u64) -> Command {
+    let manifest = format!("name = \"{name}\"\nkind = \"static\"\n");
+    let spec = crate::manifest::Manifest::parse(&manifest, "t", None).expect("valid manifest");
+    Command::Deploy {
+        spec: Box::new(spec),
+        digest: digest.into(),
+        bundle_bytes: 10,
+        at_unix_ms: at,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Manifest;
 
     fn deploy(name: &str, digest: &str, at: u64) -> Command {
-        let spec = Manifest::parse(
-            &format!("name = \"{name}\"\nkind = \"static\"\n"),
-            "t",
-            None,
-        )
-        .unwrap();
-        Command::Deploy {
-            spec: Box::new(spec),
-            digest: digest.into(),
-            bundle_bytes: 10,
-            at_unix_ms: at,
-        }
+        deploy_for_test(name, digest, at)
     }
 
     #[test]

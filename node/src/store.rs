@@ -121,21 +121,10 @@ fn persist(db: &Database, index: u64, name: &str, app: Option<&App>) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Manifest;
+    use crate::state::deploy_for_test;
 
     fn deploy(name: &str, digest: &str) -> Command {
-        let spec = Manifest::parse(
-            &format!("name = \"{name}\"\nkind = \"static\"\n"),
-            "t",
-            None,
-        )
-        .unwrap();
-        Command::Deploy {
-            spec: Box::new(spec),
-            digest: digest.into(),
-            bundle_bytes: 1,
-            at_unix_ms: 7,
-        }
+        deploy_for_test(name, digest, 7)
     }
 
     #[test]
