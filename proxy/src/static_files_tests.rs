@@ -562,22 +562,6 @@ async fn io_failures_answer_500_without_paths() {
     assert_eq!(body_of(response).await, "internal error");
 }
 
-#[test]
-fn range_parsing_edge_cases() {
-    assert_eq!(
-        parse_range("bytes=0-0", 10),
-        ByteRange::Partial { start: 0, end: 0 }
-    );
-    assert_eq!(
-        parse_range("Bytes = 1 - 2", 10),
-        ByteRange::Partial { start: 1, end: 2 }
-    );
-    assert_eq!(parse_range("bytes=0-", 0), ByteRange::Unsatisfiable);
-    assert_eq!(parse_range("bytes=-5", 0), ByteRange::Unsatisfiable);
-    assert_eq!(parse_range("bytes=-", 10), ByteRange::Full);
-    assert_eq!(parse_range("bytes=1", 10), ByteRange::Full);
-}
-
 /// Bytes that differ at every offset a test might slice at, so a wrong seek shows.
 fn patterned(length: usize) -> String {
     (0..length)
