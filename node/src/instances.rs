@@ -262,6 +262,16 @@ impl Pool {
     /// Takes over an instance that exists already (a container a previous run of the node
     /// left), in `phase` (`Stopped`, `Paused` or `Ready`). Returns its new id.
     pub fn adopt(&mut self, now: Instant, release: u64, phase: Phase) -> InstanceId {
+        self.insert_instance(now, release, phase, true)
+    }
+
+    fn insert_instance(
+        &mut self,
+        now: Instant,
+        release: u64,
+        phase: Phase,
+        has_container: bool,
+    ) -> InstanceId {
         let id = self.next_instance;
         self.next_instance += 1;
         self.instances.insert(
@@ -275,7 +285,7 @@ impl Pool {
                 idle_since: now,
                 failures: 0,
                 last_failure: None,
-                has_container: true,
+                has_container,
             },
         );
         id
@@ -296,26 +306,8 @@ impl Pool {
     }
 
     fn add_instance(&mut self, now: Instant, release: u64, actions: &mut Vec<Action>) {
-        let id = self.next_instance;
-        self.next_instance += 1;
-        self.instances.insert(
-            id,
-            Instance {
-                id,
-                release,
-                phase: Phase::Creating,
-                in_flight: 0,
-                streams: 0,
-                idle_since: now,
-                failures: 0,
-                last_failure: None,
-                has_container: false,
-            },
-        );
-        actions.push(Action::Create {
-            instance: id,
-            release,
-        });
+        let instance = self.insert_instance(now, release, Phase::Creating, false);
+        actions.push(Action::Create { instance, release });
     }
 
     fn request(&mut self, now: Instant, request: RequestId, actions: &mut Vec<Action>) {

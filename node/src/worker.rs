@@ -88,17 +88,6 @@ impl Worker {
         })
     }
 
-    /// A worker over a given runtime (tests, and the process runtime later).
-    pub fn with_runtime(node: String, runtime: Arc<dyn ContainerRuntime>) -> Arc<Self> {
-        Arc::new(Self {
-            node,
-            preference: None,
-            runtime: OnceCell::new_with(Some(Ok(runtime))),
-            apps: Mutex::new(HashMap::new()),
-            actors: Mutex::new(Vec::new()),
-        })
-    }
-
     /// The runtime, chosen, connected (and the image ensured) on first call.
     pub async fn runtime(&self) -> Result<Arc<dyn ContainerRuntime>, String> {
         self.runtime
@@ -167,7 +156,13 @@ impl Worker {
             let (tx, rx) = mpsc::unbounded_channel();
             let worker = self.clone();
             let app = spec.name.clone();
-            let handle = tokio::spawn(run_actor(worker, app.clone(), tx.clone(), rx));
+            let handle = tokio::spawn(run_actor(
+                worker,
+                app.clone(),
+                config.clone(),
+                tx.clone(),
+                rx,
+            ));
             self.actors.lock().expect("actors lock").push(handle);
             AppActor {
                 app,
@@ -328,6 +323,7 @@ struct Actor {
 async fn run_actor(
     worker: Arc<Worker>,
     app: String,
+    config: PoolConfig,
     tx: mpsc::UnboundedSender<Message>,
     mut rx: mpsc::UnboundedReceiver<Message>,
 ) {
@@ -335,7 +331,7 @@ async fn run_actor(
         app,
         worker,
         tx,
-        pool: Pool::new(PoolConfig::for_test()),
+        pool: Pool::new(config),
         specs: BTreeMap::new(),
         containers: HashMap::new(),
         addrs: HashMap::new(),
