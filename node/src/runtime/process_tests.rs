@@ -327,6 +327,9 @@ async fn logs_hold_what_the_app_printed_and_follow_new_lines() {
     // Stdout and stderr are read apart, so their relative order is only known across a wait.
     let pid: u32 = wait_for_line(&runtime, &id, "pid ").await.parse().unwrap();
     wait_for_http(addr, "/first").await;
+    // The app logs after it answers, and the log reader runs on its own: the response can
+    // come back before the line is collected.
+    wait_for_line(&runtime, &id, "served /first").await;
     let output = all_logs(&runtime, &id, 100).await;
     for line in [
         format!("listening on {}", addr.port()),
