@@ -5,8 +5,14 @@
 //! and [`JoinToken::new`]; `shoal join` dials the seed with [`pinned_client_config`], so it
 //! checks the seed against the CA fingerprint in its token before it sends the token's secret;
 //! the seed checks the token with [`JoinToken::verify`] and answers with
-//! [`ClusterCa::issue_node_certificate`]. From then on peers talk over [`server_config`] and
-//! [`client_config`] and read each other's node id with [`node_id_of`].
+//! [`ClusterCa::issue_node_certificate`]. From then on peers talk over [`client_config`] and
+//! [`cluster_server_config`] and read each other's node id with [`node_id_of`].
+//!
+//! Two ALPN protocols share one port: [`ALPN`] (`shoal/1`) for cluster traffic, where both ends
+//! present a node certificate, and [`JOIN_ALPN`] (`shoal-join/1`) for a node that has no
+//! certificate yet and asks to join. The server config accepts a client without a certificate
+//! so that the join protocol can work; the QUIC layer ([`crate::quic`]) closes every `shoal/1`
+//! connection whose peer presented none.
 //!
 //! Only TLS 1.3 and only the `ring` provider: rustls's default builder panics when both `ring`
 //! and `aws-lc-rs` are in the graph, so every config here names its provider.
@@ -34,8 +40,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::{Duration, OffsetDateTime};
 
-/// The ALPN protocol every Shoal QUIC connection negotiates.
+/// The ALPN protocol of cluster traffic between two nodes that both hold a node certificate.
 pub const ALPN: &[u8] = b"shoal/1";
+
+/// The ALPN protocol of a join request from a node that has no certificate yet.
+pub const JOIN_ALPN: &[u8] = b"shoal-join/1";
 
 /// The DNS suffix of the SAN that carries a node's id: `node-<id>.shoal.internal`.
 pub const NODE_ID_DNS_SUFFIX: &str = ".shoal.internal";
@@ -315,25 +324,32 @@ fn root_store(ca: &CertificateDer<'static>) -> Result<RootCertStore, PkiError> {
     Ok(roots)
 }
 
-/// The server side of a peer connection (ALPN `shoal/1`, TLS 1.3 only): presents the node's
-/// certificate and demands a client certificate signed by the cluster CA.
+/// A server that serves only cluster traffic (ALPN `shoal/1`, TLS 1.3 only): presents the
+/// node's certificate and demands a client certificate signed by the cluster CA.
 pub fn server_config(
     ca: &CertificateDer<'static>,
     identity: &NodeIdentity,
 ) -> Result<ServerConfig, PkiError> {
-    build_server_config(ca, identity, ClientCertificate::Required)
+    build_server_config(ca, identity, ClientCertificate::Required, &[ALPN])
 }
 
-/// The server side of the endpoint a joining node dials with [`pinned_client_config`]: like
-/// [`server_config`], but a client may come without a certificate.
+/// The server side of every node's QUIC endpoint (TLS 1.3 only): presents the node's
+/// certificate and offers both [`ALPN`] and [`JOIN_ALPN`]; a client may come without a
+/// certificate, so that a joining node (dialing with [`pinned_client_config`]) can connect.
 ///
 /// A certificate that is presented must still be signed by the cluster CA. The caller must
-/// serve nothing but the join exchange to a connection whose peer presented no certificate.
-pub fn join_server_config(
+/// close an [`ALPN`] connection whose peer presented no certificate, and serve nothing but the
+/// join exchange on a [`JOIN_ALPN`] connection.
+pub fn cluster_server_config(
     ca: &CertificateDer<'static>,
     identity: &NodeIdentity,
 ) -> Result<ServerConfig, PkiError> {
-    build_server_config(ca, identity, ClientCertificate::Optional)
+    build_server_config(
+        ca,
+        identity,
+        ClientCertificate::Optional,
+        &[ALPN, JOIN_ALPN],
+    )
 }
 
 /// Whether a server demands a client certificate.
@@ -346,6 +362,7 @@ fn build_server_config(
     ca: &CertificateDer<'static>,
     identity: &NodeIdentity,
     client_certificate: ClientCertificate,
+    alpn_protocols: &[&[u8]],
 ) -> Result<ServerConfig, PkiError> {
     let provider = provider();
     let mut verifier =
@@ -357,7 +374,7 @@ fn build_server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier.build()?)
         .with_single_cert(identity.chain(ca)?, identity.key_der()?)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = alpn_protocols.iter().map(|alpn| alpn.to_vec()).collect();
     Ok(config)
 }
 
@@ -379,7 +396,8 @@ pub fn client_config(
 
 /// A client config that trusts exactly one CA fingerprint (for `shoal join` before it has the
 /// CA): it accepts the server's chain only if the CA certificate the server sends hashes to
-/// `fingerprint`, and verifies the leaf against that CA. Used without a client certificate.
+/// `fingerprint`, and verifies the leaf against that CA. Used without a client certificate,
+/// and offers only [`JOIN_ALPN`]: a connection made with it can do nothing but ask to join.
 ///
 /// The server name is not checked: any node holding a certificate from the pinned CA is a
 /// member of the cluster, and a seed may be reached by an address its certificate does not
@@ -395,7 +413,7 @@ pub fn pinned_client_config(fingerprint: &str) -> Result<ClientConfig, PkiError>
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![JOIN_ALPN.to_vec()];
     Ok(config)
 }
 

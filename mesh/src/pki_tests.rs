@@ -275,12 +275,23 @@ fn server_refuses_a_client_certificate_from_another_ca() {
     );
 }
 
+/// A client that trusts the cluster CA and offers `shoal/1` but has no certificate.
+fn client_without_certificate(ca: &ClusterCa) -> ClientConfig {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(root_store(&ca.cert_der()).unwrap())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config
+}
+
 #[test]
 fn server_refuses_a_client_without_a_certificate() {
     let Cluster { ca, node_1, .. } = cluster("prod");
     let (_, _, outcome) = connect(
-        pinned_client_config(&ca.fingerprint()).unwrap(),
-        "alpha",
+        client_without_certificate(&ca),
+        &node_id_dns_name(1),
         server_config(&ca.cert_der(), &node_1).unwrap(),
     );
     let (side, err) = outcome.unwrap_err();
@@ -289,19 +300,47 @@ fn server_refuses_a_client_without_a_certificate() {
 }
 
 #[test]
-fn join_server_accepts_a_client_without_a_certificate_but_not_a_foreign_one() {
+fn cluster_server_negotiates_shoal_1_with_a_node_and_sees_its_certificate() {
+    let Cluster { ca, node_1, node_2 } = cluster("prod");
+    let ca_der = ca.cert_der();
+    let (client, server, outcome) = connect(
+        client_config(&ca_der, &node_2).unwrap(),
+        &node_id_dns_name(1),
+        cluster_server_config(&ca_der, &node_1).unwrap(),
+    );
+    outcome.unwrap();
+    assert_eq!(client.alpn_protocol(), Some(ALPN));
+    assert_eq!(server.alpn_protocol(), Some(ALPN));
+    assert_eq!(node_id_of(&server.peer_certificates().unwrap()[0]), Some(2));
+}
+
+#[test]
+fn cluster_server_accepts_a_client_without_a_certificate_but_not_a_foreign_one() {
     let Cluster { ca, node_1, .. } = cluster("prod");
-    let (_, server, outcome) = connect(
+    // The joining node: no certificate, and it can only speak the join protocol.
+    let (client, server, outcome) = connect(
         pinned_client_config(&ca.fingerprint()).unwrap(),
         "seed.example.com",
-        join_server_config(&ca.cert_der(), &node_1).unwrap(),
+        cluster_server_config(&ca.cert_der(), &node_1).unwrap(),
     );
     outcome.unwrap();
     assert!(server.peer_certificates().is_none());
+    assert_eq!(client.alpn_protocol(), Some(JOIN_ALPN));
+    assert_eq!(server.alpn_protocol(), Some(JOIN_ALPN));
     assert_eq!(
         server.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
+
+    // TLS lets a certificate-less `shoal/1` client in; the QUIC layer must close it.
+    let (_, server, outcome) = connect(
+        client_without_certificate(&ca),
+        &node_id_dns_name(1),
+        cluster_server_config(&ca.cert_der(), &node_1).unwrap(),
+    );
+    outcome.unwrap();
+    assert!(server.peer_certificates().is_none());
+    assert_eq!(server.alpn_protocol(), Some(ALPN));
 
     let foreign = cluster("foreign");
     let mut trusting = client_config(&foreign.ca.cert_der(), &foreign.node_2).unwrap();
@@ -314,9 +353,22 @@ fn join_server_accepts_a_client_without_a_certificate_but_not_a_foreign_one() {
     let (_, _, outcome) = connect(
         trusting,
         "alpha",
-        join_server_config(&ca.cert_der(), &node_1).unwrap(),
+        cluster_server_config(&ca.cert_der(), &node_1).unwrap(),
     );
     assert_eq!(outcome.unwrap_err().0, Side::Server);
+}
+
+#[test]
+fn pinned_client_cannot_reach_a_server_without_the_join_protocol() {
+    let Cluster { ca, node_1, .. } = cluster("prod");
+    let (_, _, outcome) = connect(
+        pinned_client_config(&ca.fingerprint()).unwrap(),
+        "seed.example.com",
+        server_config(&ca.cert_der(), &node_1).unwrap(),
+    );
+    let (side, err) = outcome.unwrap_err();
+    assert_eq!(side, Side::Server);
+    assert_eq!(err, rustls::Error::NoApplicationProtocol);
 }
 
 #[test]
@@ -325,7 +377,7 @@ fn pinned_client_accepts_the_right_fingerprint_in_any_case() {
     let (client, _, outcome) = connect(
         pinned_client_config(&ca.fingerprint().to_uppercase()).unwrap(),
         "10.9.9.9",
-        join_server_config(&ca.cert_der(), &node_1).unwrap(),
+        cluster_server_config(&ca.cert_der(), &node_1).unwrap(),
     );
     outcome.unwrap();
     assert_eq!(
@@ -341,7 +393,7 @@ fn pinned_client_refuses_a_wrong_fingerprint() {
     let (_, _, outcome) = connect(
         pinned_client_config(&other.fingerprint()).unwrap(),
         "seed.example.com",
-        join_server_config(&ca.cert_der(), &node_1).unwrap(),
+        cluster_server_config(&ca.cert_der(), &node_1).unwrap(),
     );
     let (side, err) = outcome.unwrap_err();
     assert_eq!(side, Side::Client);
@@ -364,7 +416,7 @@ fn pinned_client_refuses_a_leaf_not_signed_by_the_pinned_ca_it_sends() {
     let (_, _, outcome) = connect(
         pinned_client_config(&ca.fingerprint()).unwrap(),
         "seed.example.com",
-        join_server_config(&ca.cert_der(), &impostor.node_1).unwrap(),
+        cluster_server_config(&ca.cert_der(), &impostor.node_1).unwrap(),
     );
     let (side, err) = outcome.unwrap_err();
     assert_eq!(side, Side::Client);
