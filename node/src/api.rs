@@ -17,9 +17,10 @@ use shoal_proxy::body::{self, Body};
 use tracing::{info, warn};
 
 use crate::bundle::BundleError;
+use crate::cluster::ClusterError;
 use crate::manifest::{AppSpec, Manifest};
 use crate::node::{unix_ms_now, Node};
-use crate::state::{App, Applied, Command, Release};
+use crate::state::{App, AppTable, Applied, Command, Release};
 
 /// An API failure: a status and one sentence for the user.
 struct ApiError {
@@ -81,11 +82,13 @@ pub async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Response<Bod
     }
     let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
     let result = match (request.method().clone(), segments.as_slice()) {
-        (Method::GET, ["apps"]) => Ok(list_apps(&node)),
+        (Method::GET, ["apps"]) => list_apps(&node, consistent(&request)).await,
         (Method::POST, ["apps"]) => deploy(&node, request).await,
-        (Method::GET, ["apps", name]) => show_app(&node, name).await,
+        (Method::GET, ["apps", name]) => show_app(&node, name, consistent(&request)).await,
         (Method::GET, ["apps", name, "logs"]) => logs(&node, name, request.uri().query()).await,
         (Method::DELETE, ["apps", name]) => delete_app(&node, name).await,
+        (Method::GET, ["nodes"]) => nodes(&node),
+        (Method::DELETE, ["nodes", id]) => remove_node(&node, id).await,
         (_, ["apps"]) | (_, ["apps", _]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed here",
@@ -93,6 +96,55 @@ pub async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Response<Bod
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
     };
     result.unwrap_or_else(error_response)
+}
+
+/// Collects unused bundles now, so the answer to a delete or deploy reflects it.
+async fn collect_garbage(node: &Arc<Node>) {
+    let node = node.clone();
+    let _ = tokio::task::spawn_blocking(move || node.collect_garbage()).await;
+}
+
+fn not_started() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node is still starting its control plane; try again in a moment",
+    )
+}
+
+fn unavailable(error: ClusterError) -> ApiError {
+    match error {
+        ClusterError::Failed(message) => ApiError::internal(message),
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+    }
+}
+
+/// `GET /v1/nodes`: every member this node's gossip knows, with roles, load and the leader.
+fn nodes(node: &Node) -> Result<Response<Body>, ApiError> {
+    let cluster = node.cluster().ok_or_else(not_started)?;
+    Ok(json_response(StatusCode::OK, &cluster.nodes()))
+}
+
+/// `DELETE /v1/nodes/ID`: removes a node from raft (a voter stops voting).
+async fn remove_node(node: &Node, id: &str) -> Result<Response<Body>, ApiError> {
+    let cluster = node.cluster().ok_or_else(not_started)?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("`{id}` is not a node id")))?;
+    if id == cluster.identity.node_id {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "a node cannot remove itself; ask another node",
+        ));
+    }
+    cluster.remove_node(id).await.map_err(|error| match error {
+        ClusterError::Failed(message) => ApiError::new(StatusCode::BAD_REQUEST, message),
+        other => unavailable(other),
+    })?;
+    info!(node = id, "node removed from raft");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "removed": id.to_string() }),
+    ))
 }
 
 fn authorized(node: &Node, request: &Request<Incoming>) -> bool {
@@ -153,24 +205,40 @@ async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response
     .await
     .map_err(ApiError::internal)??;
 
+    let cluster = node.cluster().ok_or_else(not_started)?.clone();
     let _write = node.write_lock.lock().await;
     let commit_node = node.clone();
-    let applied = tokio::task::spawn_blocking(move || {
+    let (digest, bundle_bytes) = tokio::task::spawn_blocking(move || {
         let digest = staged.digest().to_owned();
         let bundle_bytes = staged.size();
         commit_node.bundles.commit(staged, unpacked)?;
-        let command = Command::Deploy {
-            spec: Box::new(spec),
-            digest,
-            bundle_bytes,
-            at_unix_ms: unix_ms_now(),
-        };
-        let applied = commit_node.apply(&command).map_err(ApiError::internal)?;
-        commit_node.collect_garbage();
-        Ok::<_, ApiError>(applied)
+        Ok::<_, ApiError>((digest, bundle_bytes))
     })
     .await
     .map_err(ApiError::internal)??;
+    // A deploy is acknowledged only once its bundle is on a majority of voters and the
+    // release naming it is committed.
+    let started = std::time::Instant::now();
+    cluster
+        .replicate_bundle(&digest)
+        .await
+        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
+    let replicated = started.elapsed();
+    let command = Command::Deploy {
+        spec: Box::new(spec),
+        digest: digest.clone(),
+        bundle_bytes,
+        at_unix_ms: unix_ms_now(),
+    };
+    let applied = cluster.propose(command).await.map_err(unavailable)?;
+    node.mark_named(&digest);
+    drop(_write);
+    collect_garbage(node).await;
+    tracing::debug!(
+        replicate_ms = replicated.as_millis() as u64,
+        commit_ms = (started.elapsed() - replicated).as_millis() as u64,
+        "deploy committed"
+    );
 
     let (name, created) = match &applied {
         Applied::Deployed { app, .. } => (app.clone(), true),
@@ -231,14 +299,29 @@ const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 /// Longest time spent reading a refused upload before answering.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn list_apps(node: &Node) -> Response<Body> {
-    let table = node.table();
-    let apps: Vec<_> = table.apps().map(|app| AppSummary::new(node, app)).collect();
-    json_response(StatusCode::OK, &json!({ "apps": apps }))
+/// `?consistent=true`: read through the leader after confirming it with a quorum.
+fn consistent(request: &Request<Incoming>) -> bool {
+    query_param(request.uri().query(), "consistent").is_some_and(|v| v == "true" || v == "1")
 }
 
-async fn show_app(node: &Node, name: &str) -> Result<Response<Body>, ApiError> {
-    let app = node.app(name).ok_or_else(|| no_such_app(name))?;
+/// The table to answer a read from: the local replica, or a linearizable read.
+async fn read_table(node: &Node, consistent: bool) -> Result<Arc<AppTable>, ApiError> {
+    if !consistent {
+        return Ok(node.table());
+    }
+    let cluster = node.cluster().ok_or_else(not_started)?;
+    cluster.linearizable_table().await.map_err(unavailable)
+}
+
+async fn list_apps(node: &Node, consistent: bool) -> Result<Response<Body>, ApiError> {
+    let table = read_table(node, consistent).await?;
+    let apps: Vec<_> = table.apps().map(|app| AppSummary::new(node, app)).collect();
+    Ok(json_response(StatusCode::OK, &json!({ "apps": apps })))
+}
+
+async fn show_app(node: &Node, name: &str, consistent: bool) -> Result<Response<Body>, ApiError> {
+    let table = read_table(node, consistent).await?;
+    let app = table.get(name).cloned().ok_or_else(|| no_such_app(name))?;
     let releases: Vec<_> = app.releases.iter().rev().map(ReleaseView::new).collect();
     let instances = node.worker.status(name).await;
     Ok(json_response(
@@ -278,17 +361,14 @@ async fn logs(node: &Node, name: &str, query: Option<&str>) -> Result<Response<B
 }
 
 async fn delete_app(node: &Arc<Node>, name: &str) -> Result<Response<Body>, ApiError> {
-    let _write = node.write_lock.lock().await;
-    let delete_node = node.clone();
-    let name = name.to_owned();
-    let applied = tokio::task::spawn_blocking(move || {
-        let applied = delete_node.apply(&Command::Delete { name })?;
-        delete_node.collect_garbage();
-        Ok::<_, anyhow::Error>(applied)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    let cluster = node.cluster().ok_or_else(not_started)?;
+    let applied = cluster
+        .propose(Command::Delete {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(unavailable)?;
+    collect_garbage(node).await;
     match applied {
         Applied::Deleted { app } => {
             info!(%app, "app deleted");

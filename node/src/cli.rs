@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bundle::BundleLimits;
 use crate::manifest::parse_size;
-use crate::node::{NodeConfig, RuntimeKind};
+use crate::node::{Membership, NodeConfig, RuntimeKind};
 
 /// Shoal runs what notebooks produce: static apps, API backends and cron jobs, on a
 /// self-hosted cluster.
@@ -25,8 +25,9 @@ pub struct Cli {
 pub enum CliCommand {
     /// Start the first node of a new cluster. With no flags: a complete single-node cluster,
     /// ingress on 0.0.0.0:8080, admin API on 127.0.0.1:7070, data in ./shoal-data.
-    Seed(NodeArgs),
-    /// Start a node and join an existing cluster (needs the control plane; not in this build).
+    Seed(SeedArgs),
+    /// Start a node and join an existing cluster with the token `shoal seed` printed. Run the
+    /// same command again to restart the node: once joined, its data dir holds its identity.
     Join(JoinArgs),
     /// Pack DIR (which holds shoal.toml) and deploy it as a new release.
     Deploy(DeployArgs),
@@ -34,6 +35,8 @@ pub enum CliCommand {
     Apps(AppsArgs),
     /// Delete an app and its releases.
     Rm(RmArgs),
+    /// List the cluster's nodes: roles, raft state, liveness, load and the leader.
+    Nodes(NodesArgs),
     /// Print an app's output (its newest instance on the node), optionally following it.
     Logs(LogsArgs),
     /// Manage the shared runtime image that service apps and jobs run in.
@@ -111,11 +114,45 @@ pub struct NodeArgs {
     /// Time in-flight requests get to finish at shutdown, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// A node that stops answering gossip is marked dead within this bound, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub dead_after: Duration,
+}
+
+/// `shoal seed`.
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// How long the join token created with a new cluster is accepted, e.g. 30d.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub join_token_ttl: Duration,
+    /// Node flags.
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+impl SeedArgs {
+    /// The node configuration these flags describe.
+    pub fn into_config(self) -> NodeConfig {
+        self.node.into_config(Membership::Seed {
+            join_token_ttl: self.join_token_ttl,
+        })
+    }
+}
+
+impl JoinArgs {
+    /// The node configuration these flags describe.
+    pub fn into_config(self) -> NodeConfig {
+        self.node.into_config(Membership::Join {
+            seed: self.seed,
+            token: self.token,
+            voter: self.voter,
+        })
+    }
 }
 
 impl NodeArgs {
     /// The node configuration these flags describe.
-    pub fn into_config(self) -> NodeConfig {
+    pub fn into_config(self, membership: Membership) -> NodeConfig {
         let node_name = self.name.unwrap_or_else(default_node_name);
         NodeConfig {
             data_dir: self.data_dir,
@@ -133,6 +170,8 @@ impl NodeArgs {
                 max_files: self.bundle_max_files,
             },
             drain_timeout: self.drain_timeout,
+            dead_after: self.dead_after,
+            membership,
         }
     }
 }
@@ -152,11 +191,11 @@ fn default_node_name() -> String {
 /// `shoal join`.
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// A node of the cluster to join, HOST:PORT of its admin API.
+    /// A voter of the cluster to join: HOST:PORT of its QUIC listener (`shoal seed` prints it).
     #[arg(long)]
     pub seed: String,
-    /// The join token printed by `shoal seed`.
-    #[arg(long)]
+    /// The join token printed by `shoal seed` (also in the seed's <data-dir>/tokens/join).
+    #[arg(long, env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
     pub token: String,
     /// Join as a raft voter (a standby orchestrator).
     #[arg(long)]
@@ -201,6 +240,18 @@ pub struct DeployArgs {
 pub struct AppsArgs {
     /// Show this app and its releases instead of the list.
     pub name: Option<String>,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `shoal nodes`.
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    /// Remove the node with this id from raft (a voter stops voting; use it for a voter that
+    /// is gone for good).
+    #[arg(long, value_name = "ID")]
+    pub remove: Option<String>,
     /// Client flags.
     #[command(flatten)]
     pub client: ClientArgs,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio_util::io::ReaderStream;
 
 use crate::bundle::pack_dir;
-use crate::cli::{AppsArgs, ClientArgs, DeployArgs, LogsArgs, RmArgs};
+use crate::cli::{AppsArgs, ClientArgs, DeployArgs, LogsArgs, NodesArgs, RmArgs};
 use crate::manifest::Manifest;
 use crate::tokens::admin_token_path;
 
@@ -283,6 +283,77 @@ fn plain(value: &Value) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     }
+}
+
+/// `shoal nodes [--remove ID]`.
+pub async fn nodes(args: NodesArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client)?;
+    if let Some(id) = &args.remove {
+        let value = client
+            .send(client.request(reqwest::Method::DELETE, &format!("/v1/nodes/{id}")))
+            .await?;
+        if args.client.json {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            println!("removed node {id} from raft");
+        }
+        return Ok(());
+    }
+    let value = client
+        .send(client.request(reqwest::Method::GET, "/v1/nodes"))
+        .await?;
+    if args.client.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table.set_header([
+        "NAME",
+        "ID",
+        "ROLE",
+        "RAFT",
+        "LIVE",
+        "APPLIED",
+        "IN FLIGHT",
+        "INSTANCES",
+        "API",
+        "QUIC",
+    ]);
+    for node in value["nodes"].as_array().into_iter().flatten() {
+        let role = if node["voter"].as_bool() == Some(true) {
+            "voter"
+        } else {
+            "worker"
+        };
+        let raft = plain(&node["raft"]);
+        table.add_row([
+            plain(&node["name"]),
+            plain(&node["id"]),
+            role.to_owned(),
+            if raft == "leader" {
+                "LEADER".to_owned()
+            } else {
+                raft
+            },
+            if node["live"].as_bool() == Some(true) {
+                "yes".to_owned()
+            } else {
+                "DEAD".to_owned()
+            },
+            plain(&node["applied_index"]),
+            plain(&node["load"]["in_flight"]),
+            plain(&node["load"]["instances"]),
+            plain(&node["api"]),
+            plain(&node["quic"]),
+        ]);
+    }
+    println!("{table}");
+    match value["leader"].as_str() {
+        Some(leader) => println!("leader: node {leader}, term {}", plain(&value["term"])),
+        None => println!("no leader known: a majority of voters must be up"),
+    }
+    Ok(())
 }
 
 /// `shoal rm NAME`.

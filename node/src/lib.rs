@@ -9,7 +9,8 @@
 //! - [`instances`]: the instances of one service app on one worker, as a pure state machine.
 //! - [`manifest`]: `shoal.toml`, from raw to validated [`manifest::AppSpec`].
 //! - [`state`]: the app table as a deterministic state machine over commands.
-//! - [`store`]: the app table persisted in redb.
+//! - [`cluster`]: the control plane: identity, join, QUIC, gossip, raft, the orchestrator.
+//! - [`raft`]: openraft among the voters: log, state machine (the app table), network, types.
 //! - [`bundle`]: packing bundles, and the node's content-addressed, hostile-input-proof store.
 //! - [`runtime`]: container runtimes (Docker) and the shared runtime image.
 //! - [`tokens`]: the admin token.
@@ -19,11 +20,12 @@ pub mod api;
 pub mod bundle;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod instances;
 pub mod manifest;
 pub mod node;
+pub mod raft;
 pub mod runtime;
 pub mod state;
-pub mod store;
 pub mod tokens;
 pub mod worker;

@@ -8,7 +8,11 @@ use tracing::{info, warn};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let is_node = matches!(cli.command, CliCommand::Seed(_) | CliCommand::Join(_));
-    init_tracing(if is_node { "info" } else { "warn" });
+    init_tracing(if is_node {
+        "info,openraft=warn"
+    } else {
+        "warn"
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -32,10 +36,12 @@ async fn run(command: CliCommand) -> anyhow::Result<()> {
             tokio::spawn(shut_down_on_signal(shutdown.clone()));
             shoal::node::run(args.into_config(), shutdown).await
         }
-        CliCommand::Join(_) => anyhow::bail!(
-            "joining a cluster needs the control plane, which this build does not have yet; \
-             run `shoal seed` for a single-node cluster"
-        ),
+        CliCommand::Join(args) => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(shut_down_on_signal(shutdown.clone()));
+            shoal::node::run(args.into_config(), shutdown).await
+        }
+        CliCommand::Nodes(args) => shoal::client::nodes(args).await,
         CliCommand::Deploy(args) => shoal::client::deploy(args).await,
         CliCommand::Apps(args) => shoal::client::apps(args).await,
         CliCommand::Rm(args) => shoal::client::rm(args).await,

@@ -1,16 +1,21 @@
 //! A running node: its data dir, app table, bundle store, listeners and shutdown.
 //!
-//! Today a node is a single-node cluster: it applies commands to its own table. The ingress
-//! reads a routing snapshot rebuilt after every change, so a request never waits on a write.
+//! A node establishes its cluster identity (creating a cluster, joining one, or loading its
+//! data dir), opens its replica of the app table and its bundle store, starts the control plane
+//! ([`crate::cluster`]), and serves the ingress and the admin API. The ingress reads a routing
+//! snapshot rebuilt whenever the replica changes, so a request never waits on a write.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shoal_proxy::ingress::{AppDirectory, AppTarget, Backend, Ingress, IngressConfig};
@@ -23,9 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::bundle::{BundleLimits, BundleStore};
+use crate::cluster::identity::{join_token_path, Identity};
+use crate::cluster::{join, Cluster, ClusterConfig};
 use crate::manifest::AppKind;
-use crate::state::{App, AppTable, Applied, Command};
-use crate::store::StateStore;
+use crate::raft::state_machine::Replica;
+use crate::state::{App, AppTable};
 use crate::tokens::{admin_token_path, AdminToken};
 use crate::worker::Worker;
 
@@ -63,6 +70,10 @@ pub struct NodeConfig {
     pub bundle_limits: BundleLimits,
     /// Time in-flight requests get at shutdown.
     pub drain_timeout: Duration,
+    /// A node that stops answering gossip is marked dead within this bound.
+    pub dead_after: Duration,
+    /// Seed a new cluster or join one (first start only).
+    pub membership: Membership,
 }
 
 impl NodeConfig {
@@ -93,6 +104,25 @@ impl NodeConfig {
     }
 }
 
+/// How a node becomes a member on its first start.
+#[derive(Clone, Debug)]
+pub enum Membership {
+    /// `shoal seed`: create a new cluster if the data dir holds none.
+    Seed {
+        /// How long the join token it creates is accepted.
+        join_token_ttl: Duration,
+    },
+    /// `shoal join`: join through a voter if the data dir holds no identity.
+    Join {
+        /// A voter's QUIC address.
+        seed: String,
+        /// The join token.
+        token: String,
+        /// Join as a voter.
+        voter: bool,
+    },
+}
+
 /// A node's shared state, used by the admin API and the ingress.
 pub struct Node {
     /// How it was started.
@@ -100,19 +130,29 @@ pub struct Node {
     /// The admin token.
     pub token: AdminToken,
     /// Content-addressed bundles.
-    pub bundles: BundleStore,
-    /// The app table and its storage; writes hold this lock.
-    state: Mutex<StateStore>,
-    /// Serialises "store the bundle, apply the command, collect garbage" so a collection never
-    /// removes a bundle that a deploy is about to name.
+    pub bundles: Arc<BundleStore>,
+    /// This node's copy of the app table (applied by raft on voters, fetched elsewhere).
+    pub replica: Arc<Replica>,
+    /// Serialises "store the bundle, propose the command" against garbage collection, so a
+    /// collection never removes a bundle that a deploy is about to name.
     pub write_lock: tokio::sync::Mutex<()>,
     routes: RwLock<Arc<Routes>>,
     /// Prometheus registry served at `/metrics`.
     pub registry: Registry,
     bundle_bytes: Gauge<i64, AtomicI64>,
     ingress_metrics: IngressMetrics,
+    gossip_dropped: Family<DropLabels, Counter>,
     /// Runs service apps' instances.
     pub worker: Arc<Worker>,
+    cluster: OnceLock<Arc<Cluster>>,
+    /// Digests some table seen by this process named: collectable at once when unnamed.
+    once_named: std::sync::Mutex<BTreeSet<String>>,
+}
+
+/// Labels of `shoal_gossip_datagrams_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
 }
 
 /// The routing snapshot: app name (and custom domain) to target.
@@ -122,25 +162,23 @@ struct Routes {
     domains: HashMap<String, String>,
 }
 
+/// Unreferenced bundles younger than this are kept: a deploy may be replicating one.
+const GARBAGE_GRACE: Duration = Duration::from_secs(600);
+
 impl Node {
-    /// Opens the data dir and everything in it.
-    pub fn open(mut config: NodeConfig) -> anyhow::Result<(Arc<Self>, bool)> {
-        std::fs::create_dir_all(config.data_dir.join("raft"))
-            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-        // Containers bind-mount releases from here, and mounts need absolute paths.
-        config.data_dir = std::path::absolute(&config.data_dir)?;
+    /// Opens the data dir and everything in it. `token` is the admin token (created or stored
+    /// by the caller).
+    pub fn open(config: NodeConfig, token: AdminToken) -> anyhow::Result<Arc<Self>> {
         let data_dir = &config.data_dir;
-        let (token, token_created) = AdminToken::load_or_create(data_dir).with_context(|| {
-            format!(
-                "cannot read or create {}",
-                admin_token_path(data_dir).display()
-            )
-        })?;
         let bundles = BundleStore::open(&data_dir.join("bundles"), config.bundle_limits.clone())
             .context("cannot open the bundle store")?;
         let state_path = data_dir.join("raft").join("state.redb");
-        let state = StateStore::open(&state_path)
-            .with_context(|| format!("cannot open the app table {}", state_path.display()))?;
+        let replica = Replica::open(&state_path).map_err(|error| {
+            anyhow::anyhow!(
+                "cannot open the app table {}: {error}",
+                state_path.display()
+            )
+        })?;
         let mut registry = Registry::default();
         let ingress_metrics = IngressMetrics::register(&mut registry);
         let bundle_bytes = Gauge::<i64, AtomicI64>::default();
@@ -149,53 +187,80 @@ impl Node {
             "Bytes of bundle blobs stored on this node",
             bundle_bytes.clone(),
         );
+        let gossip_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "shoal_gossip_datagrams_dropped",
+            "Gossip datagrams dropped: forged (failed authentication), stale (outside the freshness window) or replayed",
+            gossip_dropped.clone(),
+        );
         let worker = Worker::new(config.node_name.clone(), config.runtime);
         let node = Arc::new(Self {
             worker,
             config,
             token,
-            bundles,
-            state: Mutex::new(state),
+            bundles: Arc::new(bundles),
+            replica,
             write_lock: tokio::sync::Mutex::new(()),
             routes: RwLock::new(Arc::default()),
             registry,
             bundle_bytes,
             ingress_metrics,
+            gossip_dropped,
+            cluster: OnceLock::new(),
+            once_named: std::sync::Mutex::default(),
         });
         node.refresh_routes();
-        node.collect_garbage();
-        Ok((node, token_created))
+        // A single-node data dir from before the control plane: its bundles are about to be
+        // named again by the new cluster (see `cluster::adopt_legacy_apps`).
+        let upgrading =
+            node.table().apps().next().is_none() && !node.replica.legacy_apps().is_empty();
+        if !upgrading {
+            node.collect_garbage();
+        }
+        Ok(node)
     }
 
-    /// A copy of the current app table.
-    pub fn table(&self) -> AppTable {
-        self.state.lock().expect("state lock").table().clone()
+    /// The control plane (set once the node has started it).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// The current app table (a cheap snapshot).
+    pub fn table(&self) -> Arc<AppTable> {
+        self.replica.table()
     }
 
     /// One app, if deployed.
     pub fn app(&self, name: &str) -> Option<App> {
-        self.state
+        self.replica.table().get(name).cloned()
+    }
+
+    /// Records that a committed release names `digest` (so it is collected as soon as none does).
+    pub fn mark_named(&self, digest: &str) {
+        self.once_named
             .lock()
-            .expect("state lock")
-            .table()
-            .get(name)
-            .cloned()
+            .expect("once_named lock")
+            .insert(digest.to_owned());
     }
 
-    /// Applies a command, persists it, and updates routing. Blocking (a redb commit): call it
-    /// from `spawn_blocking`.
-    pub fn apply(&self, command: &Command) -> anyhow::Result<Applied> {
-        let applied = self.state.lock().expect("state lock").apply(command)?;
-        self.refresh_routes();
-        Ok(applied)
-    }
-
-    /// Removes stored bundles that no kept release names.
+    /// Removes stored bundles that no kept release names any more. A bundle no table has named
+    /// yet is kept for [`GARBAGE_GRACE`]: a deploy may be replicating it. Blocking.
     pub fn collect_garbage(&self) {
         let referenced = self.table().referenced_digests();
+        let mut once_named = self.once_named.lock().expect("once_named lock");
+        once_named.extend(referenced.iter().cloned());
         match self.bundles.digests() {
             Ok(stored) => {
                 for digest in stored.iter().filter(|d| !referenced.contains(*d)) {
+                    let young = std::fs::metadata(self.bundles.blob_path(digest))
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|modified| modified.elapsed().ok())
+                        .is_some_and(|age| age < GARBAGE_GRACE);
+                    if young && !once_named.contains(digest) {
+                        continue;
+                    }
+                    once_named.remove(digest);
                     if let Err(error) = self.bundles.remove(digest) {
                         warn!(%digest, %error, "could not remove an unused bundle");
                     }
@@ -235,30 +300,90 @@ impl Node {
 
     fn target_for(&self, app: &App) -> AppTarget {
         let release = app.current();
-        let backend = match release.spec.kind {
-            AppKind::Static => Backend::Static {
-                root: self.bundles.release_dir(&release.digest),
-                options: StaticOptions {
-                    spa_fallback: release.spec.static_files.spa_fallback.clone(),
-                    asset_max_age: release.spec.static_files.max_age,
-                },
-            },
-            AppKind::Service => Backend::Service(Arc::new(self.worker.backend(
-                &release.spec,
-                release.version,
-                self.bundles.release_dir(&release.digest),
-                &release.digest,
-            ))),
-            kind => Backend::Unavailable {
+        let backend = if !self.bundles.contains(&release.digest) {
+            Backend::Unavailable {
                 reason: format!(
-                    "app `{}` is a {kind} app; this node cannot run {kind} apps yet",
+                    "app `{}` is being copied to this node; try again in a moment",
                     app.name
                 ),
-            },
+            }
+        } else {
+            match release.spec.kind {
+                AppKind::Static => Backend::Static {
+                    root: self.bundles.release_dir(&release.digest),
+                    options: StaticOptions {
+                        spa_fallback: release.spec.static_files.spa_fallback.clone(),
+                        asset_max_age: release.spec.static_files.max_age,
+                    },
+                },
+                AppKind::Service => Backend::Service(Arc::new(self.worker.backend(
+                    &release.spec,
+                    release.version,
+                    self.bundles.release_dir(&release.digest),
+                    &release.digest,
+                ))),
+                kind => Backend::Unavailable {
+                    reason: format!(
+                        "app `{}` is a {kind} app; this node cannot run {kind} apps yet",
+                        app.name
+                    ),
+                },
+            }
         };
         AppTarget {
             release_id: release.digest.clone(),
             backend,
+        }
+    }
+
+    /// What this node gossips as its load.
+    async fn load(&self) -> BTreeMap<String, String> {
+        let mut load = BTreeMap::new();
+        let mut instances = 0;
+        for app in self.worker.apps() {
+            let views = self.worker.status(&app).await;
+            instances += views.len();
+            let running: Vec<_> = views.iter().filter(|v| v.state == "running").collect();
+            if let Some(newest) = running.iter().map(|v| v.release).max() {
+                let in_flight: u32 = running.iter().map(|v| v.in_flight).sum();
+                load.insert(format!("warm:{app}"), format!("{newest},{in_flight}"));
+            }
+        }
+        load.insert("instances".into(), instances.to_string());
+        load.insert(
+            "in_flight".into(),
+            self.ingress_metrics.in_flight().to_string(),
+        );
+        load.insert(
+            "cpus".into(),
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .to_string(),
+        );
+        if let Some(mib) = mem_available_mib() {
+            load.insert("mem_available_mib".into(), mib.to_string());
+        }
+        load
+    }
+
+    /// Copies gossip's drop counters into the Prometheus family.
+    fn export_gossip_stats(&self, seen: &mut [u64; 3]) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let stats = cluster.seal_stats().snapshot();
+        let now = [stats.forged, stats.stale, stats.replayed];
+        for ((reason, value), previous) in ["forged", "stale", "replayed"]
+            .into_iter()
+            .zip(now)
+            .zip(seen.iter_mut())
+        {
+            if value > *previous {
+                self.gossip_dropped
+                    .get_or_create(&DropLabels { reason })
+                    .inc_by(value - *previous);
+                *previous = value;
+            }
         }
     }
 }
@@ -275,8 +400,16 @@ impl AppDirectory for Node {
     }
 
     fn is_ready(&self) -> bool {
-        true
+        self.cluster().is_some_and(|cluster| cluster.is_ready())
     }
+}
+
+/// `MemAvailable` from /proc/meminfo, in MiB.
+fn mem_available_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// Milliseconds since the Unix epoch, for stamping commands at the edge.
@@ -287,16 +420,49 @@ pub fn unix_ms_now() -> u64 {
 }
 
 /// Runs a node until `shutdown` is cancelled; returns once in-flight requests have drained.
-pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut config: NodeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(config.data_dir.join("raft"))
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Containers bind-mount releases from here, and mounts need absolute paths.
+    config.data_dir = std::path::absolute(&config.data_dir)?;
     let http_listener = bind(config.http, "--http").await?;
     let api_listener = bind(config.api, "--api").await?;
-    let (node, token_created) = tokio::task::spawn_blocking(move || Node::open(config)).await??;
+    let advertise = advertise_ip(&config).await;
+    let (identity, token, fresh_seed) = establish_identity(&config, advertise).await?;
+    let open_config = config.clone();
+    let node = tokio::task::spawn_blocking(move || Node::open(open_config, token)).await??;
+    let cluster_config = ClusterConfig {
+        node_name: config.node_name.clone(),
+        advertise,
+        gossip: config.gossip,
+        quic: config.quic,
+        http: http_listener.local_addr()?,
+        api: api_listener.local_addr()?,
+        data_dir: config.data_dir.clone(),
+        dead_after: config.dead_after,
+    };
+    let cluster = Cluster::start(
+        cluster_config,
+        identity,
+        fresh_seed,
+        node.replica.clone(),
+        node.bundles.clone(),
+        node.token.expose().to_owned(),
+        shutdown.child_token(),
+    )
+    .await?;
+    let _ = node.cluster.set(cluster.clone());
+    tokio::spawn(follow_table(
+        node.clone(),
+        cluster.clone(),
+        shutdown.clone(),
+    ));
     // Choose the runtime now (building the image if it is missing), without delaying static apps.
     let worker = node.worker.clone();
     tokio::spawn(async move {
         let _ = worker.runtime().await;
     });
-    print_banner(&node, &http_listener, &api_listener, token_created);
+    print_banner(&node, &http_listener, &api_listener, fresh_seed);
 
     let ingress = Arc::new(Ingress::new(
         node.clone(),
@@ -327,9 +493,110 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> anyhow::Res
         shutdown.clone(),
     );
     tokio::join!(ingress_server, api_server);
+    cluster.shutdown().await;
     node.worker.shutdown(Duration::from_secs(20)).await;
     info!("node stopped");
     Ok(())
+}
+
+/// Loads this node's cluster identity, or creates one (seed) or asks for one (join). Returns
+/// it with the admin token and whether a new cluster was created.
+async fn establish_identity(
+    config: &NodeConfig,
+    advertise: IpAddr,
+) -> anyhow::Result<(Identity, AdminToken, bool)> {
+    let data_dir = &config.data_dir;
+    if let Some(identity) = Identity::load(data_dir)? {
+        let (token, _) = AdminToken::load_or_create(data_dir)
+            .with_context(|| format!("cannot read {}", admin_token_path(data_dir).display()))?;
+        return Ok((identity, token, false));
+    }
+    match &config.membership {
+        Membership::Seed { join_token_ttl } => {
+            let quic = SocketAddr::new(advertise, config.quic.port()).to_string();
+            let gossip = SocketAddr::new(advertise, config.gossip.port()).to_string();
+            let identity = Identity::new_cluster(
+                &config.node_name,
+                advertise,
+                &quic,
+                &gossip,
+                unix_ms_now() / 1000,
+                join_token_ttl.as_secs(),
+                &mut rand::rngs::OsRng,
+            )?;
+            let (token, _) = AdminToken::load_or_create(data_dir).with_context(|| {
+                format!(
+                    "cannot read or create {}",
+                    admin_token_path(data_dir).display()
+                )
+            })?;
+            identity.save(data_dir)?;
+            Ok((identity, token, true))
+        }
+        Membership::Join { seed, token, voter } => {
+            let (identity, admin_token) =
+                join::join(seed, token, &config.node_name, *voter, advertise).await?;
+            let token = AdminToken::store(data_dir, &admin_token).with_context(|| {
+                format!("cannot write {}", admin_token_path(data_dir).display())
+            })?;
+            identity.save(data_dir)?;
+            info!(node_id = identity.node_id, cluster = %identity.cluster_id, "joined the cluster");
+            Ok((identity, token, false))
+        }
+    }
+}
+
+/// The IP other nodes reach this one at: `--advertise`, else the IP the QUIC socket is bound
+/// to, else the source address the kernel would use towards the seed (join) or the default
+/// route (seed), else loopback.
+async fn advertise_ip(config: &NodeConfig) -> IpAddr {
+    if let Some(ip) = config.advertise {
+        return ip;
+    }
+    if !config.quic.ip().is_unspecified() {
+        return config.quic.ip();
+    }
+    let target = match &config.membership {
+        Membership::Join { seed, .. } => seed.clone(),
+        Membership::Seed { .. } => "192.0.2.1:9".to_owned(),
+    };
+    let probe = async {
+        let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
+        socket.connect(&target).await.ok()?;
+        socket.local_addr().ok().map(|addr| addr.ip())
+    };
+    match probe.await {
+        Some(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::from([127, 0, 0, 1]),
+    }
+}
+
+/// Rebuilds routing (and collects garbage) whenever the table changes or a bundle arrives,
+/// and once a second hands gossip this node's load and copies gossip's counters to metrics.
+async fn follow_table(node: Arc<Node>, cluster: Arc<Cluster>, shutdown: CancellationToken) {
+    let mut changes = node.replica.subscribe();
+    let mut seen = [0u64; 3];
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let table_changed = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = changes.changed() => true,
+            () = cluster.bundle_arrived() => false,
+            _ = tick.tick() => {
+                node.export_gossip_stats(&mut seen);
+                cluster.set_load(node.load().await);
+                continue;
+            }
+        };
+        let refresh_node = node.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            refresh_node.refresh_routes();
+            if table_changed {
+                refresh_node.collect_garbage();
+            }
+        })
+        .await;
+    }
 }
 
 async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
@@ -346,7 +613,7 @@ macro_rules! say {
     }};
 }
 
-fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, token_created: bool) {
+fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, new_cluster: bool) {
     let mut out = std::io::stdout().lock();
     let http = http
         .local_addr()
@@ -355,10 +622,17 @@ fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, token_create
         .local_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
     let data_dir = node.config.data_dir.display();
+    let Some(cluster) = node.cluster() else {
+        return;
+    };
+    let identity = &cluster.identity;
+    let role = if identity.voter { "voter" } else { "worker" };
     say!(
         out,
-        "shoal node `{}` is up: a single-node cluster",
-        node.config.node_name
+        "shoal node `{}` is up: node {} ({role}) of cluster {}",
+        node.config.node_name,
+        identity.node_id,
+        identity.cluster_id
     );
     say!(
         out,
@@ -368,7 +642,7 @@ fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, token_create
     );
     say!(out, "  admin API http://{api}");
     say!(out, "  data dir  {data_dir}");
-    if token_created {
+    if new_cluster {
         say!(
             out,
             "  admin token (shown once, kept in {}):",
@@ -380,6 +654,19 @@ fn print_banner(node: &Node, http: &TcpListener, api: &TcpListener, token_create
             out,
             "  admin token in {}",
             admin_token_path(&node.config.data_dir).display()
+        );
+    }
+    if let Some(token) = &identity.join_token {
+        say!(
+            out,
+            "  join with: shoal join --seed {} --token {}",
+            token.seed,
+            token.encode()
+        );
+        say!(
+            out,
+            "             (add --voter for a standby orchestrator; the token is kept in {})",
+            join_token_path(&node.config.data_dir).display()
         );
     }
     let apps = node.table();

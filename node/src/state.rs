@@ -33,6 +33,12 @@ pub enum Command {
         /// The app.
         name: String,
     },
+    /// Record that a node was removed from raft for good: the orchestrator never promotes it
+    /// again, even if it comes back claiming to be a voter.
+    RetireNode {
+        /// The node id.
+        id: u64,
+    },
 }
 
 /// What applying a command did.
@@ -63,6 +69,14 @@ pub enum Applied {
         /// The app.
         app: String,
     },
+    /// A node is retired.
+    NodeRetired {
+        /// The node id.
+        node: u64,
+    },
+    /// A raft-internal entry (a leader's blank entry or a membership change): the table did
+    /// not change.
+    Internal,
 }
 
 /// One deployed version of an app.
@@ -110,6 +124,9 @@ impl App {
 pub struct AppTable {
     apps: BTreeMap<String, App>,
     last_applied: u64,
+    /// Nodes removed from raft for good.
+    #[serde(default)]
+    retired_nodes: BTreeSet<u64>,
 }
 
 impl AppTable {
@@ -121,7 +138,19 @@ impl AppTable {
                 .map(|app| (app.name.clone(), app))
                 .collect(),
             last_applied,
+            retired_nodes: BTreeSet::new(),
         }
+    }
+
+    /// The same table with `retired` as its retired nodes (rebuilding from storage).
+    pub fn with_retired_nodes(mut self, retired: BTreeSet<u64>) -> Self {
+        self.retired_nodes = retired;
+        self
+    }
+
+    /// Nodes removed from raft for good.
+    pub fn retired_nodes(&self) -> &BTreeSet<u64> {
+        &self.retired_nodes
     }
 
     /// Index of the last applied command (0 for a new table).
@@ -161,6 +190,10 @@ impl AppTable {
                 Some(_) => Applied::Deleted { app: name.clone() },
                 None => Applied::NotFound { app: name.clone() },
             },
+            Command::RetireNode { id } => {
+                self.retired_nodes.insert(*id);
+                Applied::NodeRetired { node: *id }
+            }
         };
         self.last_applied = self.last_applied.max(index);
         applied

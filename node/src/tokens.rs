@@ -41,6 +41,14 @@ impl AdminToken {
         Ok((Self(token), true))
     }
 
+    /// Stores a token received from the cluster (a joining node), replacing any other.
+    pub fn store(data_dir: &Path, token: &str) -> std::io::Result<Self> {
+        let path = admin_token_path(data_dir);
+        std::fs::create_dir_all(path.parent().expect("token path has a parent"))?;
+        write_private(&path, token.trim())?;
+        Ok(Self(token.trim().to_owned()))
+    }
+
     /// The token text.
     pub fn expose(&self) -> &str {
         &self.0
