@@ -122,6 +122,7 @@ impl Ingress {
     /// Answers one request.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
+        let in_flight = self.metrics.enter();
         let host = request
             .headers()
             .get(HOST)
@@ -162,7 +163,7 @@ impl Ingress {
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );
-        response
+        response.map(|body| crate::body::with_guard(body, Box::new(in_flight)))
     }
 
     fn custom_domain_route(&self, host: Option<&str>, path: &str) -> Option<Route> {

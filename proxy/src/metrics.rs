@@ -6,6 +6,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -28,6 +29,17 @@ struct AppLabels {
 pub struct IngressMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<AppLabels, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+}
+
+/// Counts one request in flight until dropped (with the response body).
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -41,7 +53,13 @@ impl IngressMetrics {
         let metrics = Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            in_flight: Gauge::default(),
         };
+        registry.register(
+            "shoal_http_requests_in_flight",
+            "Requests the ingress is answering now (until their response body ends)",
+            metrics.in_flight.clone(),
+        );
         registry.register(
             "shoal_http_requests",
             "HTTP requests answered by the ingress, by app and status",
@@ -53,6 +71,17 @@ impl IngressMetrics {
             metrics.latency.clone(),
         );
         metrics
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    pub fn enter(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Requests in flight now (the load a node gossips).
+    pub fn in_flight(&self) -> u64 {
+        u64::try_from(self.in_flight.get()).unwrap_or(0)
     }
 
     /// Records one answered request.

@@ -3,18 +3,22 @@
 //! Layout:
 //! - this file: the harness. [`shoal_bin`] builds the real binary once, [`TestNode`] starts
 //!   `shoal seed` on free loopback ports in its own data dir and runs the real CLI against it.
+//! - [`cluster`]: [`cluster::TestCluster`], a cluster of real `shoal seed` / `shoal join`
+//!   processes on loopback that tests kill, restart and deploy through.
 //! - [`html`]: pulls the URLs out of served HTML, as a browser would follow them.
 //! - [`bench`]: what the benchmark scenarios share (wrk runs, the nginx baseline, result tables).
-//! - `tests/*.rs`: the scenarios (static apps, hostile bundles, lifecycle, browser).
+//! - `tests/*.rs`: the scenarios (static apps, hostile bundles, lifecycle, browser, cluster).
 //! - `src/bin/bench.rs`: the benchmark scenarios, one subcommand each (see BENCHMARKS.md).
 
 pub mod bench;
+pub mod cluster;
 pub mod html;
 
-use std::net::{SocketAddr, TcpListener};
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The workspace root.
@@ -151,6 +155,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback UDP port nobody has bound right now, and that this process has not handed out
+/// before (gossip and QUIC ports are UDP; two nodes of one test must never get the same one).
+pub fn free_udp_port() -> u16 {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(Default::default);
+    loop {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|socket| socket.local_addr())
+            .expect("bind an ephemeral UDP port")
+            .port();
+        let mut handed_out = handed_out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+}
+
 /// A `shoal seed` process on loopback, stopped when dropped.
 pub struct TestNode {
     child: Option<Child>,
@@ -196,6 +219,10 @@ impl TestNode {
         for _ in 0..3 {
             let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            // Gossip and QUIC default to fixed ports on 0.0.0.0: nodes of tests running in
+            // parallel would fight over them.
+            let gossip = format!("127.0.0.1:{}", free_udp_port());
+            let quic = format!("127.0.0.1:{}", free_udp_port());
             let log = data_dir.with_extension("log");
             let name = name.to_owned();
             let log_file = std::fs::File::create(&log).expect("create node log");
@@ -203,9 +230,17 @@ impl TestNode {
                 .arg("seed")
                 .args(["--data-dir", data_dir.to_str().unwrap()])
                 .args(["--http", &http.to_string(), "--api", &api.to_string()])
+                .args([
+                    "--gossip",
+                    &gossip,
+                    "--quic",
+                    &quic,
+                    "--advertise",
+                    "127.0.0.1",
+                ])
                 .args(["--name", &name, "--drain-timeout", "20s"])
                 .args(extra_args)
-                .env("SHOAL_LOG", "info")
+                .env("SHOAL_LOG", "info,openraft=warn")
                 .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().unwrap())
@@ -299,6 +334,21 @@ impl TestNode {
             .args(["-TERM", &child.id().to_string()])
             .status();
         child.wait().expect("wait for shoal")
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (after a signal already sent);
+    /// `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut().expect("node still running");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// The process id.

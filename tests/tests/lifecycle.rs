@@ -56,7 +56,10 @@ async fn sigterm_lets_an_in_flight_download_finish() {
         "the in-flight download finished"
     );
     assert!(received == contents, "the bytes arrived intact");
-    let status = node.terminate();
+    // It leaves the cluster (gossip, raft, QUIC) after draining: give it time, no new signal.
+    let status = node
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("shoal exits after draining\n{}", node.log()));
     assert!(
         status.success(),
         "shoal exits 0 after draining: {status:?}\n{}",
@@ -78,6 +81,14 @@ fn sigterm_works_when_stdout_is_a_closed_pipe() {
     let api = format!("127.0.0.1:{}", shoal_tests::free_port());
     let mut child = Command::new(shoal_tests::shoal_bin())
         .args(["seed", "--http", &http, "--api", &api])
+        .args([
+            "--gossip",
+            &format!("127.0.0.1:{}", shoal_tests::free_udp_port()),
+        ])
+        .args([
+            "--quic",
+            &format!("127.0.0.1:{}", shoal_tests::free_udp_port()),
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .stdout(Stdio::piped())

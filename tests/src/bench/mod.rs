@@ -5,11 +5,14 @@
 //! - [`wrk`]: load runs with `wrk`, interleaved across targets, and reading its report.
 //! - [`nginx`]: the baseline, a throwaway nginx serving a directory on a free loopback port.
 //! - [`report`]: medians, the markdown table and the JSON rows.
+//! - [`failover`]: the `failover` scenario, the raft leader killed and the time until a
+//!   survivor acknowledges a deploy.
 //! - [`wake`]: the `wake` scenario, service apps woken from paused and stopped next to a bare
 //!   `docker start`.
 //! - this file: the conditions of a run, a process's resident memory and CPU time, one-off
 //!   requests that check a target serves what it should before it is loaded.
 
+pub mod failover;
 pub mod nginx;
 pub mod report;
 pub mod wake;

@@ -64,6 +64,50 @@ impl Row {
     }
 }
 
+/// p50, one tail percentile (nearest rank), mean and extremes of some samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    /// The median.
+    pub p50: f64,
+    /// The nearest-rank percentile asked for (p90, p99...): with fewer samples than that
+    /// percentile needs, the maximum.
+    pub tail: f64,
+    /// The mean.
+    pub mean: f64,
+    /// The smallest.
+    pub min: f64,
+    /// The largest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `samples` with the `tail_quantile` (e.g. 0.99) percentile. Panics when
+    /// empty.
+    pub fn of(samples: &[f64], tail_quantile: f64) -> Self {
+        assert!(!samples.is_empty(), "statistics of no samples");
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Self {
+            p50: median(sorted.clone()),
+            tail: nearest_rank(&sorted, tail_quantile),
+            mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
+            min: sorted[0],
+            max: sorted[sorted.len() - 1],
+        }
+    }
+}
+
+/// The nearest-rank percentile of sorted samples.
+pub fn nearest_rank(sorted: &[f64], quantile: f64) -> f64 {
+    let rank = (quantile * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Rounded to three decimals, for JSON.
+pub fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
 /// The middle value; the mean of the middle two for an even count. Panics when empty.
 pub fn median(mut values: Vec<f64>) -> f64 {
     assert!(!values.is_empty(), "median of no values");

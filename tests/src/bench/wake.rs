@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Map, Value};
 
-use super::report::median;
+use super::report::{median, round3, Spread};
 use super::{load_average, Conditions};
 use crate::{container_states, examples_dir, shoal_bin, TestNode};
 
@@ -747,45 +747,15 @@ struct Measured {
     bare_engine: Vec<BareSample>,
 }
 
-/// p50, p99, mean, min and max of some milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Stats {
-    p50: f64,
-    p99: f64,
-    mean: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Stats {
-    fn of(samples: &[f64]) -> Self {
-        assert!(!samples.is_empty(), "statistics of no samples");
-        let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        Self {
-            p50: median(sorted.clone()),
-            p99: nearest_rank(&sorted, 0.99),
-            mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
-            min: sorted[0],
-            max: sorted[sorted.len() - 1],
-        }
-    }
-
-    fn to_json(self) -> Value {
-        json!({
-            "p50_ms": round3(self.p50),
-            "p99_ms": round3(self.p99),
-            "mean_ms": round3(self.mean),
-            "min_ms": round3(self.min),
-            "max_ms": round3(self.max),
-        })
-    }
-}
-
-/// The nearest-rank percentile of sorted samples: with fewer than 100, p99 is the maximum.
-fn nearest_rank(sorted: &[f64], quantile: f64) -> f64 {
-    let rank = (quantile * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+/// The JSON of a wake spread (p99 as its tail).
+fn spread_json(spread: Spread) -> Value {
+    json!({
+        "p50_ms": round3(spread.p50),
+        "p99_ms": round3(spread.tail),
+        "mean_ms": round3(spread.mean),
+        "min_ms": round3(spread.min),
+        "max_ms": round3(spread.max),
+    })
 }
 
 /// Everything measured, before it is reported.
@@ -804,7 +774,7 @@ struct Report {
 struct Line {
     label: &'static str,
     key: &'static str,
-    stats: Stats,
+    stats: Spread,
     headers: Option<Vec<Option<u64>>>,
     samples: Vec<Value>,
 }
@@ -815,7 +785,7 @@ impl Line {
         Self {
             label,
             key,
-            stats: Stats::of(&totals),
+            stats: Spread::of(&totals, 0.99),
             headers: Some(samples.iter().map(|sample| sample.cold_start_ms).collect()),
             samples: samples.iter().map(AppSample::to_json).collect(),
         }
@@ -826,7 +796,7 @@ impl Line {
         Self {
             label,
             key,
-            stats: Stats::of(&totals),
+            stats: Spread::of(&totals, 0.99),
             headers: None,
             samples: samples.iter().map(BareSample::to_json).collect(),
         }
@@ -852,7 +822,7 @@ impl Line {
     fn to_json(&self) -> Value {
         let mut value = json!({
             "label": self.label,
-            "stats": self.stats.to_json(),
+            "stats": spread_json(self.stats),
             "samples": self.samples,
         });
         if let Some((header_p50, missing)) = self.header_median() {
@@ -911,7 +881,7 @@ impl Report {
                 "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} |\n",
                 line.label,
                 line.stats.p50,
-                line.stats.p99,
+                line.stats.tail,
                 line.stats.mean,
                 line.stats.min,
                 line.header_cell()
@@ -1002,10 +972,6 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn round3(value: f64) -> f64 {
-    (value * 1000.0).round() / 1000.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1013,12 +979,12 @@ mod tests {
     #[test]
     fn p99_of_fewer_than_a_hundred_samples_is_the_maximum() {
         let samples: Vec<f64> = (1..=20).map(f64::from).collect();
-        let stats = Stats::of(&samples);
-        assert_eq!(stats.p99, 20.0);
+        let stats = Spread::of(&samples, 0.99);
+        assert_eq!(stats.tail, 20.0);
         assert_eq!(stats.p50, 10.5);
         assert_eq!(stats.mean, 10.5);
         let hundred: Vec<f64> = (1..=200).map(f64::from).collect();
-        assert_eq!(Stats::of(&hundred).p99, 198.0);
+        assert_eq!(Spread::of(&hundred, 0.99).tail, 198.0);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p shoal-tests --release --bin bench -- static [--duration 10s] [--connections 32]
 //! cargo run -p shoal-tests --release --bin bench -- wake [--cycles 20]
+//! cargo run -p shoal-tests --release --bin bench -- failover [--runs 10]
 //! ```
 //!
 //! The machine is shared and noisy, so a scenario never reports an absolute figure alone: it
@@ -22,9 +23,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use shoal_tests::bench::nginx::{self, Nginx};
 use shoal_tests::bench::report::{self, format_mib, Row};
-use shoal_tests::bench::wake;
 use shoal_tests::bench::wrk::{self, Target, WrkSettings};
 use shoal_tests::bench::{self, check_target, resident_memory_kib, Conditions, Expect};
+use shoal_tests::bench::{failover, wake};
 use shoal_tests::{examples_dir, shoal_bin, TestNode};
 
 /// An unrecorded wrk run per target before the measured rounds: first connections, page cache.
@@ -47,6 +48,8 @@ enum Scenario {
     Static(LoadOptions),
     /// Service apps woken from paused and from stopped, next to a bare `docker start`.
     Wake(WakeOptions),
+    /// Kill the raft leader of three voters; time until a survivor acknowledges a deploy.
+    Failover(FailoverOptions),
 }
 
 impl Scenario {
@@ -55,6 +58,7 @@ impl Scenario {
         match self {
             Scenario::Static(_) => "static",
             Scenario::Wake(_) => "wake",
+            Scenario::Failover(_) => "failover",
         }
     }
 }
@@ -108,6 +112,14 @@ struct WakeOptions {
     cycles: u32,
 }
 
+/// How many failovers are timed.
+#[derive(Args, Clone, Debug)]
+struct FailoverOptions {
+    /// Timed runs; each kills the current leader once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+}
+
 /// What a scenario hands back: a report for people and the same data for machines.
 struct Results {
     markdown: String,
@@ -120,6 +132,7 @@ fn main() -> ExitCode {
     let results = match &cli.scenario {
         Scenario::Static(options) => static_apps(options),
         Scenario::Wake(options) => wake_apps(options),
+        Scenario::Failover(options) => failover_runs(options),
     };
     match results.and_then(|results| {
         let path = bench::write_results(name, &results.json)?;
@@ -191,6 +204,17 @@ fn static_apps(options: &LoadOptions) -> Result<Results> {
 /// Service apps: wake from paused and from stopped, next to a bare start of the same container
 /// (see `shoal_tests::bench::wake`).
 fn wake_apps(options: &WakeOptions) -> Result<Results> {
+    let (build_profile, command) = build_and_describe(&format!("wake --cycles {}", options.cycles));
+    let report = wake::run(options.cycles, &build_profile, &command)?;
+    Ok(Results {
+        markdown: report.markdown,
+        json: report.json,
+    })
+}
+
+/// Builds `shoal` (in this binary's profile) and returns that profile and the command that
+/// reproduces the scenario `arguments`.
+fn build_and_describe(arguments: &str) -> (String, String) {
     eprintln!("bench: building shoal if needed (a release build takes minutes)");
     let build_profile = profile_of(shoal_bin());
     let release = if build_profile == "release" {
@@ -198,11 +222,15 @@ fn wake_apps(options: &WakeOptions) -> Result<Results> {
     } else {
         ""
     };
-    let command = format!(
-        "cargo run -p shoal-tests{release} --bin bench -- wake --cycles {}",
-        options.cycles
-    );
-    let report = wake::run(options.cycles, &build_profile, &command)?;
+    let command = format!("cargo run -p shoal-tests{release} --bin bench -- {arguments}");
+    (build_profile, command)
+}
+
+/// Failover: the raft leader of three voters killed, and the time until a deploy through a
+/// survivor is acknowledged (see `shoal_tests::bench::failover`).
+fn failover_runs(options: &FailoverOptions) -> Result<Results> {
+    let (build_profile, command) = build_and_describe(&format!("failover --runs {}", options.runs));
+    let report = failover::run(options.runs, &build_profile, &command)?;
     Ok(Results {
         markdown: report.markdown,
         json: report.json,
@@ -456,5 +484,17 @@ mod tests {
         let cli = Cli::try_parse_from(["bench", "wake", "--cycles", "5"]).unwrap();
         assert_eq!(cli.scenario.name(), "wake");
         assert!(Cli::try_parse_from(["bench", "wake", "--cycles", "0"]).is_err());
+    }
+
+    #[test]
+    fn cli_parses_the_failover_scenario_with_defaults() {
+        let cli = Cli::try_parse_from(["bench", "failover"]).unwrap();
+        let Scenario::Failover(options) = cli.scenario else {
+            panic!("parsed as another scenario");
+        };
+        assert_eq!(options.runs, 10);
+        let cli = Cli::try_parse_from(["bench", "failover", "--runs", "3"]).unwrap();
+        assert_eq!(cli.scenario.name(), "failover");
+        assert!(Cli::try_parse_from(["bench", "failover", "--runs", "0"]).is_err());
     }
 }
