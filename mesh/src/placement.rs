@@ -11,7 +11,8 @@
 //! uniformly, the one with the lower `in_flight / concurrency_target` wins (on a tie the first
 //! draw, so ties favour no node) and the decision is [`Decision::Warm`]. When every holder is at or above its target and
 //! some eligible worker holds no warm instance, the decision is [`Decision::ScaleOut`] to the
-//! non-holder the cold rule picks; with no such worker, the p2c pick is used anyway.
+//! non-holder the cold rule picks; with no such worker, or when `max_holders` nodes already
+//! hold one, the p2c pick is used anyway.
 //!
 //! **Cold rule.** Each eligible worker has a load score `in_flight + instances`. The candidates
 //! are the workers whose score is at most `min + slack`, where `min` is the lowest score and
@@ -82,6 +83,9 @@ pub struct Request<'a> {
     pub release: u64,
     /// In-flight requests one instance is meant to carry; 0 is treated as 1.
     pub concurrency_target: u32,
+    /// Most nodes that may hold an instance of the app at once (the app's `scale.max`): no
+    /// scale-out beyond it; 0 means no limit.
+    pub max_holders: u32,
 }
 
 /// Where a request goes.
@@ -125,7 +129,8 @@ pub fn place(
             None => Decision::NoWorker,
         };
     }
-    if holders.iter().all(|holder| holder.in_flight >= target) {
+    let below_max = request.max_holders == 0 || holders.len() < request.max_holders as usize;
+    if below_max && holders.iter().all(|holder| holder.in_flight >= target) {
         let non_holders: Vec<&WorkerLoad> = workers
             .iter()
             .filter(|w| {

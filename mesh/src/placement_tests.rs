@@ -46,6 +46,7 @@ fn request(app: &str) -> Request<'_> {
         app,
         release: RELEASE,
         concurrency_target: TARGET,
+        max_holders: 0,
     }
 }
 
@@ -263,6 +264,31 @@ fn stale_releases_and_dead_or_non_app_nodes_are_ignored() {
         let node = spawn_node(place(&request(&app), &view, &ignored, &mut rng(0)));
         assert!([1, 4, 5].contains(&node), "{app}: spawned on {node}");
     }
+}
+
+#[test]
+fn no_scale_out_once_max_holders_hold_the_app() {
+    let view = workers(1..=5);
+    let full = [warm(1, 10), warm(2, 12)];
+    let capped = Request {
+        max_holders: 2,
+        ..request("a")
+    };
+    for seed in 0..50 {
+        assert_eq!(
+            place(&capped, &view, &full, &mut rng(seed)),
+            Decision::Warm { node: 1 },
+            "seed {seed}: two holders is the cap, so the less loaded one takes it"
+        );
+    }
+    let room = Request {
+        max_holders: 3,
+        ..request("a")
+    };
+    assert!(matches!(
+        place(&room, &view, &full, &mut rng(0)),
+        Decision::ScaleOut { .. }
+    ));
 }
 
 #[test]

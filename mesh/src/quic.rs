@@ -369,6 +369,22 @@ impl QuicNode {
         self.pool.lock().expect("quic pool lock").remove(&peer);
     }
 
+    /// Drops and closes the pooled connection to `peer` (it died or restarted): every stream
+    /// still open on it fails at once instead of waiting for the idle timeout.
+    pub fn close(&self, peer: u64) {
+        let Some(slot) = self.pool.lock().expect("quic pool lock").remove(&peer) else {
+            return;
+        };
+        // A dial in progress holds the lock: its connection is new, so nothing to close.
+        let Ok(pooled) = slot.try_lock() else {
+            return;
+        };
+        if let Some(live) = pooled.as_ref() {
+            live.connection
+                .close(quinn::VarInt::from_u32(0), b"peer is gone");
+        }
+    }
+
     /// Closes every connection and waits (bounded) for the endpoint to go idle.
     pub async fn shutdown(&self) {
         self.endpoint

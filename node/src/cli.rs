@@ -117,6 +117,10 @@ pub struct NodeArgs {
     /// A node that stops answering gossip is marked dead within this bound, e.g. 2s.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub dead_after: Duration,
+    /// Run no app instances here: the node still serves static apps, routes (forwarding
+    /// service-app requests to worker nodes) and, if a voter, votes.
+    #[arg(long)]
+    pub no_worker: bool,
 }
 
 /// `shoal seed`.
@@ -171,6 +175,7 @@ impl NodeArgs {
             },
             drain_timeout: self.drain_timeout,
             dead_after: self.dead_after,
+            worker: !self.no_worker,
             membership,
         }
     }

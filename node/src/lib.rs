@@ -21,6 +21,7 @@ pub mod bundle;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod dataplane;
 pub mod instances;
 pub mod manifest;
 pub mod node;

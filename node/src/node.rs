@@ -30,6 +30,8 @@ use tracing::{info, warn};
 use crate::bundle::{BundleLimits, BundleStore};
 use crate::cluster::identity::{join_token_path, Identity};
 use crate::cluster::{join, Cluster, ClusterConfig};
+use crate::dataplane::view::WORKER_KEY;
+use crate::dataplane::{DataPlane, ServiceRouter};
 use crate::manifest::AppKind;
 use crate::raft::state_machine::Replica;
 use crate::state::{App, AppTable};
@@ -72,6 +74,8 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// A node that stops answering gossip is marked dead within this bound.
     pub dead_after: Duration,
+    /// Runs app instances (false: routes only, `--no-worker`).
+    pub worker: bool,
     /// Seed a new cluster or join one (first start only).
     pub membership: Membership,
 }
@@ -144,6 +148,10 @@ pub struct Node {
     gossip_dropped: Family<DropLabels, Counter>,
     /// Runs service apps' instances.
     pub worker: Arc<Worker>,
+    /// Places service-app requests on workers and serves those forwarded here.
+    pub dataplane: Arc<DataPlane>,
+    /// Service routers by (app, release), so each refresh reuses them.
+    routers: std::sync::Mutex<BTreeMap<(String, u64), ServiceRouter>>,
     cluster: OnceLock<Arc<Cluster>>,
     /// Digests some table seen by this process named: collectable at once when unnamed.
     once_named: std::sync::Mutex<BTreeSet<String>>,
@@ -194,8 +202,16 @@ impl Node {
             gossip_dropped.clone(),
         );
         let worker = Worker::new(config.node_name.clone(), config.runtime);
+        let dataplane = DataPlane::new(
+            config.node_name.clone(),
+            config.worker,
+            worker.clone(),
+            &mut registry,
+        );
         let node = Arc::new(Self {
             worker,
+            dataplane,
+            routers: std::sync::Mutex::default(),
             config,
             token,
             bundles: Arc::new(bundles),
@@ -284,18 +300,45 @@ impl Node {
             }
             routes.apps.insert(app.name.clone(), target);
         }
-        let services: Vec<String> = routes
-            .apps
-            .iter()
-            .filter(|(_, target)| matches!(target.backend, Backend::Service(_)))
-            .map(|(name, _)| name.clone())
+        let services: BTreeMap<String, ServiceRouter> = table
+            .apps()
+            .filter_map(|app| Some((app.name.clone(), self.service_router(app)?)))
             .collect();
         for app in self.worker.apps() {
-            if !services.contains(&app) {
+            if !services.contains_key(&app) {
                 self.worker.retire(&app);
             }
         }
+        self.routers
+            .lock()
+            .expect("routers lock")
+            .retain(|(app, release), _| {
+                table
+                    .get(app)
+                    .is_some_and(|a| a.current().version == *release)
+            });
+        self.dataplane.set_local(services);
         *self.routes.write().expect("routes lock") = Arc::new(routes);
+    }
+
+    /// The router of a service app whose bundle this node holds (one per release: routers
+    /// of one release share this node's actor for the app).
+    fn service_router(&self, app: &App) -> Option<ServiceRouter> {
+        let release = app.current();
+        if release.spec.kind != AppKind::Service || !self.bundles.contains(&release.digest) {
+            return None;
+        }
+        let mut routers = self.routers.lock().expect("routers lock");
+        let key = (app.name.clone(), release.version);
+        let router = routers.entry(key).or_insert_with(|| {
+            self.dataplane.router(
+                &release.spec,
+                release.version,
+                self.bundles.release_dir(&release.digest),
+                &release.digest,
+            )
+        });
+        Some(router.clone())
     }
 
     fn target_for(&self, app: &App) -> AppTarget {
@@ -316,12 +359,12 @@ impl Node {
                         asset_max_age: release.spec.static_files.max_age,
                     },
                 },
-                AppKind::Service => Backend::Service(Arc::new(self.worker.backend(
-                    &release.spec,
-                    release.version,
-                    self.bundles.release_dir(&release.digest),
-                    &release.digest,
-                ))),
+                AppKind::Service => match self.service_router(app) {
+                    Some(router) => Backend::Service(Arc::new(router)),
+                    None => Backend::Unavailable {
+                        reason: format!("app `{}` cannot be routed here", app.name),
+                    },
+                },
                 kind => Backend::Unavailable {
                     reason: format!(
                         "app `{}` is a {kind} app; this node cannot run {kind} apps yet",
@@ -336,24 +379,35 @@ impl Node {
         }
     }
 
-    /// What this node gossips as its load.
+    /// What this node gossips as its load: whether it runs apps, the requests its instances
+    /// are serving, its instances, and `warm:<app>` for every app with an instance of its
+    /// newest release that is not stopped (a paused or starting one is worth routing to).
     async fn load(&self) -> BTreeMap<String, String> {
         let mut load = BTreeMap::new();
         let mut instances = 0;
+        let mut in_flight_total: u64 = 0;
         for app in self.worker.apps() {
             let views = self.worker.status(&app).await;
             instances += views.len();
-            let running: Vec<_> = views.iter().filter(|v| v.state == "running").collect();
-            if let Some(newest) = running.iter().map(|v| v.release).max() {
-                let in_flight: u32 = running.iter().map(|v| v.in_flight).sum();
+            let warm: Vec<_> = views
+                .iter()
+                .filter(|v| {
+                    !matches!(
+                        v.state.as_str(),
+                        "stopped" | "stopping" | "failed" | "removing"
+                    )
+                })
+                .collect();
+            let in_flight: u64 = warm.iter().map(|v| u64::from(v.in_flight)).sum();
+            in_flight_total += in_flight;
+            if let Some(newest) = warm.iter().map(|v| v.release).max() {
                 load.insert(format!("warm:{app}"), format!("{newest},{in_flight}"));
             }
         }
+        let runs_apps = self.dataplane.runs_apps() && self.worker.runtime_failed().is_none();
+        load.insert(WORKER_KEY.into(), if runs_apps { "1" } else { "0" }.into());
         load.insert("instances".into(), instances.to_string());
-        load.insert(
-            "in_flight".into(),
-            self.ingress_metrics.in_flight().to_string(),
-        );
+        load.insert("in_flight".into(), in_flight_total.to_string());
         load.insert(
             "cpus".into(),
             std::thread::available_parallelism()
@@ -448,20 +502,24 @@ pub async fn run(mut config: NodeConfig, shutdown: CancellationToken) -> anyhow:
         node.replica.clone(),
         node.bundles.clone(),
         node.token.expose().to_owned(),
+        node.dataplane.clone(),
         shutdown.child_token(),
     )
     .await?;
     let _ = node.cluster.set(cluster.clone());
+    node.dataplane.attach(cluster.clone());
     tokio::spawn(follow_table(
         node.clone(),
         cluster.clone(),
         shutdown.clone(),
     ));
     // Choose the runtime now (building the image if it is missing), without delaying static apps.
-    let worker = node.worker.clone();
-    tokio::spawn(async move {
-        let _ = worker.runtime().await;
-    });
+    if node.config.worker {
+        let worker = node.worker.clone();
+        tokio::spawn(async move {
+            let _ = worker.runtime().await;
+        });
+    }
     print_banner(&node, &http_listener, &api_listener, fresh_seed);
 
     let ingress = Arc::new(Ingress::new(
@@ -576,7 +634,8 @@ async fn advertise_ip(config: &NodeConfig) -> IpAddr {
 async fn follow_table(node: Arc<Node>, cluster: Arc<Cluster>, shutdown: CancellationToken) {
     let mut changes = node.replica.subscribe();
     let mut seen = [0u64; 3];
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Load steers placement, so it is published every gossip round or so.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let table_changed = tokio::select! {
             () = shutdown.cancelled() => return,

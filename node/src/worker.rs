@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use shoal_proxy::ingress::{Lease, Rejection, ServiceBackend};
+use shoal_proxy::ingress::{Lease, Rejection};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -94,6 +94,11 @@ impl Worker {
             .get_or_init(|| self.choose_runtime())
             .await
             .clone()
+    }
+
+    /// Why the runtime could not be set up, once that is known (then no app runs here).
+    pub fn runtime_failed(&self) -> Option<String> {
+        self.runtime.get()?.as_ref().err().cloned()
     }
 
     async fn choose_runtime(&self) -> Result<Arc<dyn ContainerRuntime>, String> {
@@ -255,8 +260,9 @@ impl Worker {
     }
 }
 
-impl ServiceBackend for AppActor {
-    fn acquire(&self) -> BoxFuture<'static, Result<Lease, Rejection>> {
+impl AppActor {
+    /// A warm instance for one request, starting one if needed (the wait is bounded).
+    pub fn acquire(&self) -> BoxFuture<'static, Result<Lease, Rejection>> {
         let tx = self.tx.clone();
         Box::pin(async move {
             let (reply_tx, reply_rx) = oneshot::channel();

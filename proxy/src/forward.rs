@@ -7,60 +7,102 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, BoxError};
 
 /// Longest wait for a connection to an instance.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where a request goes and what the ingress knows about the client.
+/// What the ingress knows about a request it forwards.
 #[derive(Clone, Debug)]
 pub struct ForwardTarget {
-    /// The instance's address.
-    pub addr: SocketAddr,
     /// The client's address, for `X-Forwarded-For`.
     pub client: SocketAddr,
     /// The Host the client asked for, for `X-Forwarded-Host`.
     pub host: Option<String>,
-    /// Longest wait for the instance's response headers.
+    /// Longest wait for the response headers.
     pub timeout: Duration,
+    /// The upstream is another Shoal node, not an app: its `x-shoal-*` response headers are
+    /// kept (an app's are dropped, so no app can claim to be a node or a cold start).
+    pub from_peer: bool,
 }
 
 /// Called with `true` when an upgraded stream opens, `false` when it closes.
 pub type StreamHook = Box<dyn Fn(bool) + Send + Sync>;
 
-/// Sends `request` (whose path is already the app's own) to the instance.
-pub async fn forward(
-    mut request: Request<Incoming>,
-    target: ForwardTarget,
+/// Sends `request` (whose path is already the app's own) to the instance at `addr` over a new
+/// TCP connection.
+pub async fn forward<B>(
+    request: Request<B>,
+    addr: SocketAddr,
+    target: &ForwardTarget,
     on_stream: Option<StreamHook>,
-) -> Response<Body> {
-    let client_upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
-    prepare_request_headers(request.headers_mut(), &target);
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     // Bounded: the address of an instance that died can vanish, and a connect to it would
     // hang rather than be refused.
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr));
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
     let stream = match connect.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
-            debug!(addr = %target.addr, %error, "instance refused the connection");
+            debug!(%addr, %error, "instance refused the connection");
             return bad_gateway("the app is not accepting connections");
         }
         Err(_) => return bad_gateway("the app is not accepting connections"),
     };
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(parts) => parts,
-            Err(_) => return bad_gateway("the app closed the connection"),
-        };
+    match forward_on(stream, request, target, on_stream).await {
+        Ok(response) => response,
+        Err(ForwardError::Timeout) => gateway_timeout(),
+        Err(ForwardError::Failed(error)) => {
+            debug!(%addr, %error, "upstream request failed");
+            bad_gateway("the app closed the connection before answering")
+        }
+    }
+}
+
+/// Why an exchange over a byte stream gave no response.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No response head within the target's timeout.
+    #[error("no response within the timeout")]
+    Timeout,
+    /// The connection failed or closed before a response head arrived.
+    #[error("{0}")]
+    Failed(hyper::Error),
+}
+
+/// Sends `request` as one HTTP/1.1 exchange over `io`: an instance's TCP connection, or a
+/// stream to another node. Hop-by-hop headers go and `X-Forwarded-*` are set from `target`;
+/// a `101` answer splices both upgraded connections together.
+pub async fn forward_on<IO, B>(
+    io: IO,
+    mut request: Request<B>,
+    target: &ForwardTarget,
+    on_stream: Option<StreamHook>,
+) -> Result<Response<Body>, ForwardError>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let client_upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+    prepare_request_headers(request.headers_mut(), target);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(ForwardError::Failed)?;
     tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
             debug!(%error, "upstream connection ended with an error");
@@ -68,20 +110,35 @@ pub async fn forward(
     });
     let response = match tokio::time::timeout(target.timeout, sender.send_request(request)).await {
         Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            debug!(addr = %target.addr, %error, "upstream request failed");
-            return bad_gateway("the app closed the connection before answering");
-        }
-        Err(_) => return gateway_timeout(),
+        Ok(Err(error)) => return Err(ForwardError::Failed(error)),
+        Err(_) => return Err(ForwardError::Timeout),
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
-            return splice_upgrade(response, client_upgrade, on_stream);
+            return Ok(splice_upgrade(response, client_upgrade, on_stream));
         }
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    if !target.from_peer {
+        strip_shoal_headers(&mut parts.headers);
+    }
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed_unsync(),
+    ))
+}
+
+/// Drops `x-shoal-*` headers: only Shoal sets them.
+fn strip_shoal_headers(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-shoal-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
 }
 
 fn splice_upgrade(
@@ -177,11 +234,13 @@ fn prepare_request_headers(headers: &mut HeaderMap, target: &ForwardTarget) {
     }
 }
 
-fn bad_gateway(message: &str) -> Response<Body> {
+/// `502` with a one-sentence reason.
+pub fn bad_gateway(message: &str) -> Response<Body> {
     crate::ingress::text(StatusCode::BAD_GATEWAY, message)
 }
 
-fn gateway_timeout() -> Response<Body> {
+/// `504`: the app did not answer in time.
+pub fn gateway_timeout() -> Response<Body> {
     crate::ingress::text(
         StatusCode::GATEWAY_TIMEOUT,
         "the app did not answer in time",
@@ -204,10 +263,10 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
         let target = ForwardTarget {
-            addr: "10.0.0.2:3000".parse().unwrap(),
             client: "192.0.2.7:5555".parse().unwrap(),
             host: Some("api.localhost".into()),
             timeout: Duration::from_secs(1),
+            from_peer: false,
         };
         prepare_request_headers(&mut headers, &target);
         assert!(!headers.contains_key("connection"));

@@ -60,10 +60,23 @@ pub struct Rejection {
     pub retry_after: Duration,
 }
 
-/// Runs a service app's instances and hands out leases on them.
+/// The client of a request, as the ingress that received it knows it.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// The client's socket address.
+    pub addr: SocketAddr,
+    /// The Host it asked for.
+    pub host: Option<String>,
+}
+
+/// Serves a service app's requests: on an instance of this node, or through another node.
 pub trait ServiceBackend: Send + Sync + std::fmt::Debug + 'static {
-    /// A warm instance for one request, starting one if needed (the wait is bounded).
-    fn acquire(&self) -> BoxFuture<'static, Result<Lease, Rejection>>;
+    /// Answers one request whose path is already the app's own.
+    fn serve(
+        &self,
+        request: Request<Incoming>,
+        client: Client,
+    ) -> BoxFuture<'static, Response<Body>>;
 }
 
 /// What serves an app's requests.
@@ -155,9 +168,12 @@ impl Ingress {
                 None => (NO_APP.to_owned(), no_such_app(&app)),
             },
         };
-        response
-            .headers_mut()
-            .insert("x-shoal-node", self.node_header.clone());
+        // A service app's answer from another node already names the node that ran it.
+        let headers = response.headers_mut();
+        if !headers.contains_key(NODE_HEADER) {
+            headers.insert(NODE_HEADER, self.node_header.clone());
+        }
+        headers.insert(INGRESS_HEADER, self.node_header.clone());
         self.metrics.observe(
             &app_label,
             response.status().as_u16(),
@@ -227,10 +243,6 @@ async fn serve_service(
     mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let lease = match service.acquire().await {
-        Ok(lease) => lease,
-        Err(rejection) => return unavailable(&rejection.reason, rejection.retry_after),
-    };
     // The app sees its own path: the `/apps/<app>` prefix is gone in prefix mode.
     let path_and_query = match request.uri().query() {
         Some(query) => format!("{path}?{query}"),
@@ -244,23 +256,51 @@ async fn serve_service(
         .get(HOST)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let target = ForwardTarget {
-        addr: lease.addr,
-        client: peer,
-        host,
-        timeout: Duration::from_secs(300),
+    service.serve(request, Client { addr: peer, host }).await
+}
+
+/// Sends `request` to the instance a lease grants (or answers the rejection), marking the
+/// response with the start wait and holding the lease until the response is finished.
+pub async fn serve_lease<B>(
+    lease: Result<Lease, Rejection>,
+    request: Request<B>,
+    client: &Client,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
+    let lease = match lease {
+        Ok(lease) => lease,
+        Err(rejection) => return unavailable(&rejection.reason, rejection.retry_after),
     };
-    let response = forward(request, target, lease.on_stream).await;
+    let target = ForwardTarget {
+        client: client.addr,
+        host: client.host.clone(),
+        timeout: APP_RESPONSE_TIMEOUT,
+        from_peer: false,
+    };
+    let response = forward(request, lease.addr, &target, lease.on_stream).await;
     let (mut parts, body) = response.into_parts();
     if let Some(waited) = lease.waited {
         if let Ok(value) = HeaderValue::from_str(&waited.as_millis().to_string()) {
-            parts.headers.insert("x-shoal-cold-start-ms", value);
+            parts.headers.insert(COLD_START_HEADER, value);
         }
     }
     Response::from_parts(parts, body::with_guard(body, lease.guard))
 }
 
-fn unavailable(reason: &str, retry_after: Duration) -> Response<Body> {
+/// Longest wait for an app's response headers.
+pub const APP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Set on a response that waited for an instance to start: the wait in milliseconds.
+pub const COLD_START_HEADER: &str = "x-shoal-cold-start-ms";
+/// The node that ran the request (for a static app, the node that served it).
+pub const NODE_HEADER: &str = "x-shoal-node";
+/// The node whose ingress received the request.
+pub const INGRESS_HEADER: &str = "x-shoal-ingress";
+
+/// `503` with a one-sentence reason and `Retry-After`.
+pub fn unavailable(reason: &str, retry_after: Duration) -> Response<Body> {
     let mut response = text(StatusCode::SERVICE_UNAVAILABLE, reason);
     let seconds = retry_after.as_secs().max(1).to_string();
     if let Ok(value) = HeaderValue::from_str(&seconds) {

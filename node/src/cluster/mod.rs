@@ -26,11 +26,12 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use serde::Serialize;
 use shoal_mesh::gossip::{Gossip, GossipConfig, Member, SealStats};
-use shoal_mesh::quic::{QuicConfig, QuicNode};
+use shoal_mesh::quic::{QuicConfig, QuicNode, StreamHandler};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::bundle::BundleStore;
+use crate::dataplane::PlacementView;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::QuicNetwork;
 use crate::raft::state_machine::{Replica, StateMachine};
@@ -181,6 +182,8 @@ pub struct Cluster {
     bundles: Arc<BundleStore>,
     /// Latest gossip view, refreshed each tick.
     members: Mutex<Vec<Member>>,
+    /// The same view parsed for placement.
+    placement: Mutex<Arc<PlacementView>>,
     /// Woken each time a pulled bundle is stored.
     bundle_arrived: tokio::sync::Notify,
     /// Load keys the node hands in ([`Cluster::set_load`]), published with the next round.
@@ -207,10 +210,11 @@ impl Cluster {
         replica: Arc<Replica>,
         bundles: Arc<BundleStore>,
         admin_token: String,
+        data_plane: Arc<dyn StreamHandler>,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let ca_cert = rustls_der(&identity.ca_cert_pem)?;
-        let handler = Arc::new(Handler::default());
+        let handler = Arc::new(Handler::new(data_plane));
         let join_service = if identity.voter {
             let seeds_for_join = Arc::new(Mutex::new(Vec::<String>::new()));
             let seeds = seeds_for_join.clone();
@@ -340,6 +344,7 @@ impl Cluster {
             replica,
             bundles,
             members: Mutex::new(Vec::new()),
+            placement: Mutex::default(),
             load: Mutex::new(BTreeMap::new()),
             bundle_arrived: tokio::sync::Notify::new(),
             ready: AtomicBool::new(false),
@@ -650,6 +655,16 @@ impl Cluster {
 
     // ---- gossip and views ----
 
+    /// The latest gossip view, parsed for placement.
+    pub fn placement_view(&self) -> Arc<PlacementView> {
+        self.placement.lock().expect("placement").clone()
+    }
+
+    /// This node's QUIC endpoint.
+    pub fn quic(&self) -> &Arc<QuicNode> {
+        &self.quic
+    }
+
     /// Every member this node knows, for `shoal nodes`.
     pub fn nodes(&self) -> NodesView {
         let members = self.members.lock().expect("members").clone();
@@ -721,7 +736,7 @@ impl Cluster {
             let now = (started, member.live);
             if let Some(before) = seen.get(&id) {
                 if *before != now {
-                    self.quic.forget(id);
+                    self.quic.close(id);
                 }
             }
             seen.insert(id, now);
@@ -797,6 +812,8 @@ impl Cluster {
                 gossip.members().await
             };
             *self.members.lock().expect("members") = members.clone();
+            *self.placement.lock().expect("placement") =
+                Arc::new(PlacementView::from_members(&members));
             self.forget_restarted_peers(&members, &mut peer_starts);
 
             let mut live_seeds: Vec<String> = members

@@ -68,10 +68,21 @@ pub enum MembershipRequest {
     Remove(u64),
 }
 
-/// Routes authenticated streams to the cluster (set once it exists).
-#[derive(Default)]
+/// Routes authenticated streams to the cluster (set once it exists), and data-plane streams
+/// (kinds from [`crate::dataplane::KIND_FORWARD`] on) to the data plane.
 pub struct Handler {
     pub(super) cluster: OnceLock<Weak<Cluster>>,
+    data_plane: Arc<dyn StreamHandler>,
+}
+
+impl Handler {
+    /// A handler passing data-plane streams to `data_plane`.
+    pub fn new(data_plane: Arc<dyn StreamHandler>) -> Self {
+        Self {
+            cluster: OnceLock::new(),
+            data_plane,
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -83,6 +94,9 @@ impl StreamHandler for Handler {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
+        if kind >= crate::dataplane::KIND_FORWARD {
+            return self.data_plane.handle(peer, kind, send, recv).await;
+        }
         let Some(cluster) = self.cluster.get().and_then(Weak::upgrade) else {
             // Not started yet (or stopping): the peer retries.
             let _ = send.reset(quinn::VarInt::from_u32(1));
