@@ -225,6 +225,30 @@ async fn call_reconnects_after_the_peer_restarts_on_the_same_address() {
 }
 
 #[tokio::test]
+async fn close_fails_the_streams_open_to_a_peer_at_once() {
+    let ca = ClusterCa::generate("prod").unwrap();
+    let client = node(&ca, 1, Arc::new(Echo::default()));
+    let server = node(&ca, 2, Arc::new(Echo::default()));
+    let (mut send, mut recv) = client.open(2, server.local_addr(), 1).await.unwrap();
+    // Half a request: the peer waits for the rest, so no answer comes.
+    send.write_all(&[0, 0, 0, 9, b'x']).await.unwrap();
+    let waiting = tokio::spawn(async move { recv.read_to_end(1024).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "nothing answers a half request");
+    client.close(2);
+    let outcome = tokio::time::timeout(SECOND, waiting)
+        .await
+        .expect("the stream fails at once, not at the idle timeout")
+        .unwrap();
+    assert!(outcome.is_err(), "the stream failed: {outcome:?}");
+    client
+        .call(2, server.local_addr(), 1, b"again", 5 * SECOND)
+        .await
+        .expect("the next call dials anew");
+    assert_eq!(client.dials(), 2);
+}
+
+#[tokio::test]
 async fn forget_makes_the_next_call_dial_again() {
     let ca = ClusterCa::generate("prod").unwrap();
     let client = node(&ca, 1, Arc::new(Echo::default()));

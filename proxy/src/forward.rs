@@ -278,6 +278,17 @@ mod tests {
     }
 
     #[test]
+    fn an_apps_shoal_headers_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-shoal-node", HeaderValue::from_static("spoofed"));
+        headers.insert("x-shoal-cold-start-ms", HeaderValue::from_static("1"));
+        headers.insert("x-shoals", HeaderValue::from_static("kept"));
+        strip_shoal_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-shoals"], "kept");
+    }
+
+    #[test]
     fn upgrade_headers_survive_for_websockets() {
         let mut headers = HeaderMap::new();
         headers.insert("connection", HeaderValue::from_static("Upgrade"));
