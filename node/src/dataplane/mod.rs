@@ -154,10 +154,24 @@ impl DataPlane {
                 plane: self.clone(),
             }),
         };
-        if self.runs_apps && self.worker.apps().contains(&spec.name) {
+        if self.runs_apps
+            && (self.worker.apps().contains(&spec.name) || self.is_cold_pick(&router.inner))
+        {
+            // Runs it already (its instances move to this release), or is the worker every
+            // node would pick to start it: the container is created now, not on the first
+            // request.
             router.actor();
         }
         router
+    }
+
+    /// Whether this node is the worker the cold rule picks for the router's app.
+    fn is_cold_pick(&self, router: &RouterInner) -> bool {
+        let Some(cluster) = self.cluster.get() else {
+            return false;
+        };
+        let decision = self.pick(cluster, router, &[]);
+        matches!(decision, Decision::Spawn { node } if node == cluster.identity.node_id)
     }
 
     /// Publishes the service apps this node can run now (called on every table change).
