@@ -196,6 +196,27 @@ impl DataPlane {
             }
         }
         drop(suspects);
+        // This node knows itself better than gossip does (its keys may not be out yet).
+        let me = cluster.identity.node_id;
+        match workers.iter_mut().find(|w| w.node == me) {
+            Some(entry) => {
+                entry.live = true;
+                entry.runs_apps = self.serves_here();
+            }
+            None if self.serves_here() => {
+                workers.push(WorkerLoad {
+                    node: me,
+                    live: true,
+                    runs_apps: true,
+                    in_flight: 0,
+                    instances: 0,
+                    cpus: 0,
+                    mem_available_mib: 0,
+                });
+                workers.sort_by_key(|w| w.node);
+            }
+            None => {}
+        }
         let warm = with_outstanding(
             view.warm
                 .get(&router.spec.name)
@@ -281,6 +302,11 @@ impl DataPlane {
             ),
             Duration::from_secs(2),
         )
+    }
+
+    /// Whether this node can run the app itself: a worker whose runtime did not fail.
+    fn serves_here(&self) -> bool {
+        self.runs_apps && self.worker.runtime_failed().is_none()
     }
 
     /// Before the control plane runs: this node's own instances, if it has any.
