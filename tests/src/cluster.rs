@@ -1,10 +1,12 @@
 //! [`TestCluster`]: a Shoal cluster of real processes on loopback: one `shoal seed` node and
 //! `shoal join` nodes (voters and workers), each with its own data dir, free ports (gossip and
-//! QUIC on UDP) and a log file that every failure prints, all with `--runtime process`.
+//! QUIC on UDP) and a log file that every failure prints, all with `--runtime process` unless
+//! [`ClusterOptions`] say otherwise (Docker, and extra flags per node such as `--no-worker`).
 //!
-//! Layout: this file, the cluster and its waits; [`node`], one node's flags and
-//! process; [`http`], blocking HTTP calls; [`wire`], what is read and written (`/v1/nodes`,
-//! Prometheus text, join tokens, static bundles); [`lock`], one cluster at a time.
+//! Layout: this file, the cluster and its waits; [`options`], what a cluster is started with;
+//! [`node`], one node's flags and process; [`http`], blocking HTTP calls; [`wire`], what is
+//! read and written (`/v1/nodes`, Prometheus text, join tokens, static bundles); [`lock`], one
+//! cluster at a time; [`leftovers`], the app instances killed nodes leave, removed at the end.
 //!
 //! Tests kill (SIGKILL), stop (SIGTERM) and restart nodes with the same command line, deploy
 //! through any node's admin API, and wait, always with a bound, until every node agrees. Every
@@ -31,13 +33,16 @@ use serde_json::Value;
 use crate::{shoal_bin, unique_node_name};
 
 pub mod http;
+pub mod leftovers;
 pub mod lock;
 pub mod node;
+pub mod options;
 pub mod wire;
 
 pub use http::Reply;
 pub use lock::ClusterLock;
 pub use node::{ClusterNode, NodeFlags, Role};
+pub use options::{ClusterOptions, ExtraFlags, Runtime};
 pub use wire::{metric_sum, static_bundle, tamper_join_token, Member, NodesView, SmallRng};
 
 /// How long a started process has to answer `/healthz` (a debug build on a busy 2-core machine).
@@ -55,7 +60,8 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// Lines of each node's log a failure prints.
 const LOG_TAIL_LINES: usize = 60;
 
-/// A cluster of real `shoal` processes, all killed when it is dropped.
+/// A cluster of real `shoal` processes, all killed when it is dropped, with the app instances
+/// they leave (processes, or Docker containers labelled with their names).
 pub struct TestCluster {
     /// Every node, the seed first, then voters, then workers (in start order).
     pub nodes: Vec<ClusterNode>,
@@ -63,6 +69,9 @@ pub struct TestCluster {
     pub admin_token: String,
     /// The join token the seed wrote.
     pub join_token: String,
+    /// The runtime every node runs apps with.
+    pub runtime: Runtime,
+    extra_flags: ExtraFlags,
     dir: Option<tempfile::TempDir>,
     keep_dir: AtomicBool,
 }
@@ -82,7 +91,15 @@ impl TestCluster {
         workers: usize,
         seed_flags: &[&str],
     ) -> Result<Self> {
-        anyhow::ensure!(voters >= 1, "a cluster has at least its seed");
+        Self::start_with(ClusterOptions::new(voters, workers).seed_flags(seed_flags))
+    }
+
+    /// Starts the cluster `options` describe, as [`TestCluster::start`] does: the seed, then
+    /// the voters, then the workers (node `index` gets `(options.extra_flags)(index, role)`),
+    /// then waits until it is formed. A test on [`Runtime::Docker`] calls
+    /// [`crate::docker_or_skip`] first.
+    pub fn start_with(options: ClusterOptions) -> Result<Self> {
+        anyhow::ensure!(options.voters >= 1, "a cluster has at least its seed");
         shoal_bin();
         let dir = tempfile::Builder::new()
             .prefix("shoal-cluster-")
@@ -92,13 +109,15 @@ impl TestCluster {
             nodes: Vec::new(),
             admin_token: String::new(),
             join_token: String::new(),
+            runtime: options.runtime,
+            extra_flags: options.extra_flags,
             dir: Some(dir),
             keep_dir: AtomicBool::new(false),
         };
         let prefix = unique_node_name();
-        cluster.start_seed(&format!("{prefix}-v0"), seed_flags)?;
-        for index in 1..voters + workers {
-            let (role, letter) = if index < voters {
+        cluster.start_seed(&format!("{prefix}-v0"), &options.seed_flags)?;
+        for index in 1..options.voters + options.workers {
+            let (role, letter) = if index < options.voters {
                 (Role::Voter, 'v')
             } else {
                 (Role::Worker, 'w')
@@ -134,16 +153,18 @@ impl TestCluster {
             .collect()
     }
 
-    /// Node flags for a new node named `name`: fresh ports, its data dir under the cluster's.
+    /// Node flags for a new node named `name`: fresh ports, its data dir under the cluster's,
+    /// the cluster's runtime.
     pub fn node_flags(&self, name: &str) -> NodeFlags {
-        NodeFlags::fresh(self.dir(), name)
+        NodeFlags::fresh(self.dir(), name).with_runtime(self.runtime)
     }
 
-    fn start_seed(&mut self, name: &str, seed_flags: &[&str]) -> Result<()> {
+    fn start_seed(&mut self, name: &str, seed_flags: &[String]) -> Result<()> {
         let flags = self.node_flags(name);
         let mut args = vec!["seed".to_owned()];
         args.extend(flags.args());
-        args.extend(seed_flags.iter().map(|flag| (*flag).to_owned()));
+        args.extend(seed_flags.iter().cloned());
+        args.extend((self.extra_flags)(0, Role::Seed));
         self.launch(flags, Role::Seed, args)?;
         let seed = &self.nodes[0];
         let tokens = seed.data_dir.join("tokens");
@@ -174,6 +195,7 @@ impl TestCluster {
             args.push("--voter".to_owned());
         }
         args.extend(flags.args());
+        args.extend((self.extra_flags)(self.nodes.len(), role));
         self.launch(flags, role, args)?;
         let name = name.to_owned();
         self.wait_for(
@@ -612,6 +634,10 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             node.kill();
+        }
+        if let Some(dir) = &self.dir {
+            let names: Vec<&str> = self.nodes.iter().map(|node| node.name.as_str()).collect();
+            leftovers::remove_leftovers(self.runtime, dir.path(), &names);
         }
         if self.keep_dir.load(Ordering::Relaxed) || std::thread::panicking() {
             if let Some(dir) = self.dir.take() {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::options::Runtime;
 use super::{http, read_trimmed, POLL};
 use crate::{free_port, free_udp_port, shoal_bin};
 
@@ -231,7 +232,7 @@ impl ClusterNode {
 }
 
 /// The node flags of one node: `--data-dir`, the four addresses, `--advertise 127.0.0.1`,
-/// `--name`, `--runtime process` and a short drain timeout.
+/// `--name`, `--runtime` (`process` unless told) and a short drain timeout.
 #[derive(Clone, Debug)]
 pub struct NodeFlags {
     /// `--name`.
@@ -246,10 +247,12 @@ pub struct NodeFlags {
     pub gossip: SocketAddr,
     /// `--quic`.
     pub quic: SocketAddr,
+    /// `--runtime`.
+    pub runtime: Runtime,
 }
 
 impl NodeFlags {
-    /// Fresh ports on 127.0.0.1 and `<dir>/<name>` as the data dir.
+    /// Fresh ports on 127.0.0.1, `<dir>/<name>` as the data dir and `--runtime process`.
     pub fn fresh(dir: &Path, name: &str) -> Self {
         let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         Self {
@@ -259,7 +262,14 @@ impl NodeFlags {
             api: loopback(fresh_tcp_port()),
             gossip: loopback(free_udp_port()),
             quic: loopback(free_udp_port()),
+            runtime: Runtime::Process,
         }
+    }
+
+    /// These flags with `--runtime runtime`.
+    pub fn with_runtime(mut self, runtime: Runtime) -> Self {
+        self.runtime = runtime;
+        self
     }
 
     /// The flags as `shoal` arguments.
@@ -281,7 +291,7 @@ impl NodeFlags {
                 "--name",
                 &self.name,
                 "--runtime",
-                "process",
+                self.runtime.flag_value(),
                 "--drain-timeout",
                 DRAIN_TIMEOUT,
             ]
