@@ -26,6 +26,7 @@ pub mod instances;
 pub mod manifest;
 pub mod node;
 pub mod raft;
+pub mod runs;
 pub mod runtime;
 pub mod state;
 pub mod tokens;

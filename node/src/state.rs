@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{AppKind, AppSpec};
+use crate::runs::{Fire, JobRuns, Run, RunEnd, RunRefusal};
 
 /// Releases kept per app (older ones are forgotten and their bundles collected).
 pub const RELEASE_HISTORY: usize = 10;
@@ -38,6 +39,34 @@ pub enum Command {
     RetireNode {
         /// The node id.
         id: u64,
+    },
+    /// Fire a cron job's run (or record a skipped tick): committed before the run is
+    /// dispatched, so no tick fires twice.
+    Fire {
+        /// The job.
+        job: String,
+        /// The tick, attempt, fence and release.
+        fire: Fire,
+    },
+    /// A worker starts a pending run; it starts the process only once this is committed.
+    RunStarted {
+        /// The job.
+        job: String,
+        /// The run.
+        run_id: String,
+        /// The worker's node id.
+        worker: u64,
+        /// When (Unix ms).
+        at_ms: u64,
+    },
+    /// A run ended (or was lost).
+    RunEnded {
+        /// The job.
+        job: String,
+        /// The run.
+        run_id: String,
+        /// How.
+        end: RunEnd,
     },
 }
 
@@ -74,6 +103,27 @@ pub enum Applied {
         /// The node id.
         node: u64,
     },
+    /// A run was fired (or its tick recorded as skipped).
+    Fired {
+        /// The job.
+        job: String,
+        /// The run as recorded.
+        run: Box<Run>,
+    },
+    /// A run started or ended as asked.
+    RunUpdated {
+        /// The job.
+        job: String,
+        /// The run.
+        run_id: String,
+    },
+    /// A run command changed nothing.
+    RunRefused {
+        /// The job.
+        job: String,
+        /// Why.
+        reason: RunRefusal,
+    },
     /// A raft-internal entry (a leader's blank entry or a membership change): the table did
     /// not change.
     Internal,
@@ -103,6 +153,9 @@ pub struct App {
     pub created_at_unix_ms: u64,
     /// Recent releases, oldest first; the last is current.
     pub releases: Vec<Release>,
+    /// A cron job's runs.
+    #[serde(default)]
+    pub runs: JobRuns,
 }
 
 impl App {
@@ -194,9 +247,55 @@ impl AppTable {
                 self.retired_nodes.insert(*id);
                 Applied::NodeRetired { node: *id }
             }
+            Command::Fire { job, fire } => self.with_job(job, |runs| {
+                runs.fire(fire).map(|run| Applied::Fired {
+                    job: job.clone(),
+                    run: Box::new(run),
+                })
+            }),
+            Command::RunStarted {
+                job,
+                run_id,
+                worker,
+                at_ms,
+            } => self.with_job(job, |runs| {
+                runs.start(run_id, *worker, *at_ms)
+                    .map(|()| Applied::RunUpdated {
+                        job: job.clone(),
+                        run_id: run_id.clone(),
+                    })
+            }),
+            Command::RunEnded { job, run_id, end } => self.with_job(job, |runs| {
+                runs.end(run_id, end).map(|()| Applied::RunUpdated {
+                    job: job.clone(),
+                    run_id: run_id.clone(),
+                })
+            }),
         };
         self.last_applied = self.last_applied.max(index);
         applied
+    }
+
+    /// Applies a run command to a cron job's records.
+    fn with_job(
+        &mut self,
+        job: &str,
+        change: impl FnOnce(&mut JobRuns) -> Result<Applied, RunRefusal>,
+    ) -> Applied {
+        let Some(app) = self.apps.get_mut(job) else {
+            return Applied::NotFound {
+                app: job.to_owned(),
+            };
+        };
+        let outcome = if app.kind() == AppKind::Cron {
+            change(&mut app.runs)
+        } else {
+            Err(RunRefusal::NotAJob(job.to_owned()))
+        };
+        outcome.unwrap_or_else(|reason| Applied::RunRefused {
+            job: job.to_owned(),
+            reason,
+        })
     }
 
     fn deploy(&mut self, spec: &AppSpec, digest: &str, bundle_bytes: u64, at: u64) -> Applied {
@@ -204,6 +303,7 @@ impl AppTable {
             name: spec.name.clone(),
             created_at_unix_ms: at,
             releases: Vec::new(),
+            runs: JobRuns::default(),
         });
         if let Some(current) = app.releases.last() {
             if current.digest == digest && current.spec == *spec {
@@ -315,6 +415,76 @@ mod tests {
                 app: "a".into(),
                 version: 1
             }
+        );
+    }
+
+    #[test]
+    fn run_commands_change_cron_jobs_only_and_a_tick_fires_once() {
+        let manifest =
+            "name = \"job\"\nkind = \"cron\"\ncommand = [\"x\"]\nschedule = \"@hourly\"\n";
+        let spec = crate::manifest::Manifest::parse(manifest, "t", None).expect("valid manifest");
+        let mut table = AppTable::default();
+        table.apply(
+            1,
+            &Command::Deploy {
+                spec: Box::new(spec),
+                digest: "d".into(),
+                bundle_bytes: 1,
+                at_unix_ms: 0,
+            },
+        );
+        table.apply(2, &deploy("site", "d2", 0));
+        let fire = |job: &str| Command::Fire {
+            job: job.into(),
+            fire: Fire {
+                tick: 3600,
+                attempt: 0,
+                manual: false,
+                fence: crate::runs::Fence { term: 1, index: 1 },
+                release: 1,
+                at_ms: 5,
+                skip: None,
+            },
+        };
+        assert!(matches!(
+            table.apply(3, &fire("job")),
+            Applied::Fired { .. }
+        ));
+        assert!(matches!(
+            table.apply(4, &fire("job")),
+            Applied::RunRefused {
+                reason: RunRefusal::AlreadyFired { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            table.apply(5, &fire("site")),
+            Applied::RunRefused {
+                reason: RunRefusal::NotAJob(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            table.apply(6, &fire("nope")),
+            Applied::NotFound { app: "nope".into() }
+        );
+        let started = Command::RunStarted {
+            job: "job".into(),
+            run_id: "3600".into(),
+            worker: 9,
+            at_ms: 6,
+        };
+        assert!(matches!(
+            table.apply(7, &started),
+            Applied::RunUpdated { .. }
+        ));
+        assert!(matches!(
+            table.apply(8, &started),
+            Applied::RunRefused { .. }
+        ));
+        assert_eq!(
+            table.get("job").unwrap().runs.get("3600").unwrap().worker,
+            Some(9)
         );
     }
 

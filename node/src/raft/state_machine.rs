@@ -332,6 +332,9 @@ fn app_name(command: &Command) -> Option<&str> {
         Command::Deploy { spec, .. } => Some(&spec.name),
         Command::Delete { name } => Some(name),
         Command::RetireNode { .. } => None,
+        Command::Fire { job, .. }
+        | Command::RunStarted { job, .. }
+        | Command::RunEnded { job, .. } => Some(job),
     }
 }
 
