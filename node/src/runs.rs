@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::cluster::orchestrator::Fence;
+
 /// A schedule tick: Unix seconds (UTC).
 pub type Tick = i64;
 
@@ -43,19 +45,11 @@ impl RunState {
     }
 }
 
-/// The orchestrator's fencing token: its raft term and the log index its duties began at.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Fence {
-    /// Raft term.
-    pub term: u64,
-    /// Log index.
-    pub index: u64,
-}
-
 /// One run of a job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Run {
-    /// `<tick>` for a scheduled run, `<tick>.<attempt>` for a retry, `m<tick>` for a manual one.
+    /// `<tick>` for a scheduled run, `<tick>.<attempt>` for a retry, `m<fired_at_ms>` for a
+    /// manual one.
     pub run_id: String,
     /// The schedule tick (or the request time of a manual run).
     pub tick: Tick,
@@ -63,7 +57,7 @@ pub struct Run {
     pub attempt: u32,
     /// Started with `shoal run`.
     pub manual: bool,
-    /// The fence of the orchestrator that fired it.
+    /// The fence of the orchestrator that fired it (zero for a manual run fired through the API).
     pub fence: Fence,
     /// Where it is.
     pub state: RunState,
@@ -166,7 +160,7 @@ impl JobRuns {
     /// The id a fire gets.
     pub fn run_id(fire: &Fire) -> String {
         match (fire.manual, fire.attempt) {
-            (true, _) => format!("m{}", fire.tick),
+            (true, _) => format!("m{}", fire.at_ms),
             (false, 0) => fire.tick.to_string(),
             (false, attempt) => format!("{}.{attempt}", fire.tick),
         }
@@ -325,7 +319,7 @@ mod tests {
             manual: true,
             ..fire(10)
         };
-        assert_eq!(runs.fire(&manual).unwrap().run_id, "m10");
+        assert_eq!(runs.fire(&manual).unwrap().run_id, "m1000");
         assert_eq!(runs.last_tick, Some(60));
     }
 
