@@ -20,6 +20,7 @@ pub mod api;
 pub mod bundle;
 pub mod cli;
 pub mod client;
+pub mod cron;
 pub mod cluster;
 pub mod dataplane;
 pub mod instances;
