@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shoal_proxy::route::is_valid_app_name;
 
+use crate::cron::{CatchUp, Overlap, Retry, Schedule, SettingError};
+
 /// The file every bundle holds at its root.
 pub const MANIFEST_FILE: &str = "shoal.toml";
 
@@ -49,6 +51,12 @@ struct RawManifest {
     #[serde(default)]
     env: BTreeMap<String, String>,
     schedule: Option<String>,
+    timezone: Option<String>,
+    timeout: Option<String>,
+    overlap: Option<String>,
+    catch_up: Option<String>,
+    retries: Option<u32>,
+    retry_backoff: Option<String>,
     #[serde(default, rename = "static")]
     static_files: Option<RawStatic>,
     resources: Option<RawResources>,
@@ -111,6 +119,39 @@ pub struct AppSpec {
     pub resources: Resources,
     /// Instance counts and idle behaviour.
     pub scale: Scale,
+    /// How a cron job's runs go (defaults for other kinds).
+    #[serde(default)]
+    pub job: JobSpec,
+}
+
+/// A cron job's settings besides its schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// IANA time zone the schedule is read in (UTC when none).
+    pub timezone: Option<String>,
+    /// A run is killed after this many seconds.
+    pub timeout_secs: u64,
+    /// What a tick does while a run is still going.
+    pub overlap: Overlap,
+    /// What happens to ticks missed while no orchestrator could fire them.
+    pub catch_up: CatchUp,
+    /// How failed runs are tried again.
+    pub retry: Retry,
+}
+
+/// A run's time limit when the job sets none.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        Self {
+            timezone: None,
+            timeout_secs: DEFAULT_JOB_TIMEOUT.as_secs(),
+            overlap: Overlap::default(),
+            catch_up: CatchUp::default(),
+            retry: Retry::default(),
+        }
+    }
 }
 
 /// `[static]`.
@@ -229,6 +270,7 @@ fn validate(raw: RawManifest, name_override: Option<&str>) -> Result<AppSpec, St
              dashes, not starting or ending with a dash"
         ));
     }
+    let job = job_spec(&raw)?;
     let command = match raw.command {
         None => Vec::new(),
         Some(Command::Line(line)) => line.split_whitespace().map(str::to_owned).collect(),
@@ -258,6 +300,70 @@ fn validate(raw: RawManifest, name_override: Option<&str>) -> Result<AppSpec, St
         static_files: static_files.unwrap_or_default(),
         resources: resources(raw.resources)?,
         scale: scale(raw.scale)?,
+        job,
+    })
+}
+
+/// The cron settings, checked; the schedule is parsed in its time zone here, so a bad one is
+/// refused at deploy.
+fn job_spec(raw: &RawManifest) -> Result<JobSpec, String> {
+    let set = [
+        ("timezone", raw.timezone.is_some()),
+        ("timeout", raw.timeout.is_some()),
+        ("overlap", raw.overlap.is_some()),
+        ("catch_up", raw.catch_up.is_some()),
+        ("retries", raw.retries.is_some()),
+        ("retry_backoff", raw.retry_backoff.is_some()),
+    ];
+    if raw.kind != AppKind::Cron {
+        if let Some((field, _)) = set.iter().find(|(_, present)| *present) {
+            return Err(format!("`{field}` is only for `kind = \"cron\"` apps"));
+        }
+        return Ok(JobSpec::default());
+    }
+    if let Some(expr) = raw.schedule.as_deref() {
+        check_schedule_shape(expr)?;
+        let schedule =
+            Schedule::parse(expr, raw.timezone.as_deref()).map_err(|error| error.to_string())?;
+        if schedule
+            .next_after(crate::cron::Tick::from_unix_seconds(0))
+            .is_none()
+        {
+            return Err(format!("schedule `{expr}` never fires (no such date)"));
+        }
+    }
+    let timeout = match &raw.timeout {
+        Some(text) => {
+            let timeout = humantime::parse_duration(text)
+                .map_err(|_| format!("`timeout = \"{text}\"` is not a duration like \"10m\""))?;
+            if timeout < Duration::from_secs(1) {
+                return Err(format!("`timeout = \"{text}\"` is under one second"));
+            }
+            timeout
+        }
+        None => DEFAULT_JOB_TIMEOUT,
+    };
+    let overlap = match &raw.overlap {
+        Some(text) => text.parse().map_err(|e: SettingError| e.to_string())?,
+        None => Overlap::default(),
+    };
+    let catch_up = match &raw.catch_up {
+        Some(text) => text.parse().map_err(|e: SettingError| e.to_string())?,
+        None => CatchUp::default(),
+    };
+    let retry = match (raw.retries, &raw.retry_backoff) {
+        (None, None) => Retry::default(),
+        (retries, backoff) => {
+            Retry::parse(retries.unwrap_or(0), backoff.as_deref().unwrap_or("10s"))
+                .map_err(|error| error.to_string())?
+        }
+    };
+    Ok(JobSpec {
+        timezone: raw.timezone.clone(),
+        timeout_secs: timeout.as_secs(),
+        overlap,
+        catch_up,
+        retry,
     })
 }
 
@@ -445,6 +551,47 @@ mod tests {
         );
         parse("name = \"j\"\nkind = \"cron\"\ncommand = [\"x\"]\nschedule = \"@hourly\"\n")
             .unwrap();
+    }
+
+    #[test]
+    fn cron_settings_are_checked_at_deploy_with_the_bad_part_named() {
+        let job = |extra: &str| {
+            parse(&format!(
+                "name = \"j\"\nkind = \"cron\"\ncommand = [\"x\"]\n{extra}\n"
+            ))
+        };
+        let spec = job(
+            "schedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ntimeout = \"5m\"\n\
+             overlap = \"replace\"\ncatch_up = \"none\"\nretries = 2\nretry_backoff = \"30s\"",
+        )
+        .unwrap();
+        assert_eq!(spec.job.timezone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(spec.job.timeout_secs, 300);
+        assert_eq!(spec.job.overlap, Overlap::Replace);
+        assert_eq!(spec.job.catch_up, CatchUp::None);
+        assert_eq!(spec.job.retry.retries, 2);
+        assert_eq!(spec.job.retry.backoff, Duration::from_secs(30));
+        let defaults = job("schedule = \"@hourly\"").unwrap().job;
+        assert_eq!(defaults, JobSpec::default());
+        for (extra, named) in [
+            ("schedule = \"*/61 * * * *\"", "*/61"),
+            ("schedule = \"0 0 30 2 *\"", "never fires"),
+            (
+                "schedule = \"@hourly\"\ntimezone = \"Mars/Base\"",
+                "Mars/Base",
+            ),
+            (
+                "schedule = \"@hourly\"\noverlap = \"sometimes\"",
+                "sometimes",
+            ),
+            ("schedule = \"@hourly\"\ncatch_up = \"all\"", "all"),
+            ("schedule = \"@hourly\"\ntimeout = \"soon\"", "soon"),
+        ] {
+            let error = job(extra).unwrap_err();
+            assert!(error.contains(named), "{extra}: {error}");
+        }
+        let error = parse("name = \"s\"\nkind = \"static\"\ntimezone = \"UTC\"\n").unwrap_err();
+        assert!(error.contains("`timezone` is only for"), "{error}");
     }
 
     #[test]

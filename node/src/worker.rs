@@ -26,7 +26,7 @@ use crate::node::RuntimeKind;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::image::{connect_docker, ensure_runtime_image};
 use crate::runtime::process::ProcessRuntime;
-use crate::runtime::{ContainerRuntime, InstanceSpec, InstanceState, RuntimeError};
+use crate::runtime::{ContainerRuntime, InstanceSpec, InstanceState, JobOutcome, RuntimeError};
 
 /// How long a started instance has to accept connections on its port.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -141,20 +141,7 @@ impl Worker {
         release_dir: PathBuf,
         digest: &str,
     ) -> AppActor {
-        let instance_spec = InstanceSpec {
-            app: spec.name.clone(),
-            release,
-            digest: digest.to_owned(),
-            node: self.node.clone(),
-            release_dir,
-            command: spec.command.clone(),
-            port: spec.port,
-            env: spec.env.clone(),
-            memory_bytes: spec.resources.memory_bytes,
-            cpus: spec.resources.cpus,
-            pids: spec.resources.pids,
-            tmp_bytes: 64 * 1024 * 1024,
-        };
+        let instance_spec = self.instance_spec(spec, release, release_dir, digest);
         let config = pool_config(spec);
         let mut apps = self.apps.lock().expect("apps lock");
         let actor = apps.entry(spec.name.clone()).or_insert_with(|| {
@@ -182,6 +169,50 @@ impl Worker {
                 .send(Message::Deploy(Box::new(instance_spec), config));
         }
         actor.clone()
+    }
+
+    /// What an instance (or a job's run) of `spec`'s release runs as on this node.
+    fn instance_spec(
+        &self,
+        spec: &AppSpec,
+        release: u64,
+        release_dir: PathBuf,
+        digest: &str,
+    ) -> InstanceSpec {
+        InstanceSpec {
+            app: spec.name.clone(),
+            release,
+            digest: digest.to_owned(),
+            node: self.node.clone(),
+            release_dir,
+            command: spec.command.clone(),
+            port: spec.port,
+            env: spec.env.clone(),
+            memory_bytes: spec.resources.memory_bytes,
+            cpus: spec.resources.cpus,
+            pids: spec.resources.pids,
+            tmp_bytes: 64 * 1024 * 1024,
+        }
+    }
+
+    /// Runs one run of a cron job to completion, killed at `timeout`; `run_env` is added to
+    /// the job's environment (the run's id and tick).
+    pub async fn run_job(
+        &self,
+        spec: &AppSpec,
+        release: u64,
+        release_dir: PathBuf,
+        digest: &str,
+        timeout: Duration,
+        run_env: BTreeMap<String, String>,
+    ) -> Result<JobOutcome, String> {
+        let runtime = self.runtime().await?;
+        let mut instance = self.instance_spec(spec, release, release_dir, digest);
+        instance.env.extend(run_env);
+        runtime
+            .run_to_completion(&instance, timeout)
+            .await
+            .map_err(|error| error.to_string())
     }
 
     /// Stops and removes an app's instances (the app was deleted or is no longer a service).

@@ -135,6 +135,7 @@ impl Cluster {
                         info!(%fence, "this node is the active orchestrator");
                         let token = self.stop.child_token();
                         tokio::spawn(self.clone().promote_voters(fence, token.clone()));
+                        tokio::spawn(self.clone().cron_duty(fence, token.clone()));
                         duties = Some(token);
                     }
                     Transition::Stop(fence) => {

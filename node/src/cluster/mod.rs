@@ -39,6 +39,7 @@ use crate::raft::{NodeId, PeerNode, Raft};
 use crate::state::{AppTable, Applied, Command};
 
 mod bundles;
+mod cron_duty;
 pub mod identity;
 pub mod join;
 mod membership;
@@ -658,6 +659,18 @@ impl Cluster {
     /// The latest gossip view, parsed for placement.
     pub fn placement_view(&self) -> Arc<PlacementView> {
         self.placement.lock().expect("placement").clone()
+    }
+
+    /// This node's copy of the app table.
+    pub fn table(&self) -> Arc<AppTable> {
+        self.replica.table()
+    }
+
+    /// Where the unpacked bundle `digest` is, if this node holds it.
+    pub fn release_dir(&self, digest: &str) -> Option<PathBuf> {
+        self.bundles
+            .contains(digest)
+            .then(|| self.bundles.release_dir(digest))
     }
 
     /// This node's QUIC endpoint.

@@ -12,6 +12,7 @@
 //! idempotent method is sent again, and never an upgrade. A worker that is unreachable is left
 //! out of this node's picks for [`SUSPECT_FOR`], until gossip has caught up.
 
+pub mod jobs;
 pub mod server;
 pub mod view;
 
@@ -94,6 +95,10 @@ pub struct DataPlane {
     /// The service apps this node can run, by name (for forwarded requests).
     local: watch::Sender<Arc<BTreeMap<String, ServiceRouter>>>,
     routed: Family<RouteLabels, Counter>,
+    /// Fences seen and runs running, per cron job.
+    jobs: Mutex<jobs::JobBook>,
+    /// This data plane, for tasks that outlive a stream.
+    this: std::sync::Weak<DataPlane>,
 }
 
 impl DataPlane {
@@ -112,7 +117,7 @@ impl DataPlane {
         );
         // The RNG only breaks ties between equally loaded instances; nothing replays it.
         let seed = u64::from(std::process::id()) ^ crate::node::unix_ms_now();
-        Arc::new(Self {
+        Arc::new_cyclic(|this| Self {
             node_name,
             runs_apps,
             worker,
@@ -122,6 +127,8 @@ impl DataPlane {
             outstanding: Arc::default(),
             local: watch::Sender::new(Arc::default()),
             routed,
+            jobs: Mutex::default(),
+            this: this.clone(),
         })
     }
 

@@ -33,6 +33,12 @@ impl StreamHandler for DataPlane {
         send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
+        if kind == super::jobs::KIND_JOB {
+            if let Some(this) = self.this.upgrade() {
+                this.serve_job(peer, send, recv).await;
+            }
+            return;
+        }
         if kind != KIND_FORWARD {
             debug!(peer, kind, "unknown data-plane stream kind");
             return;
