@@ -256,3 +256,20 @@ fn a_run_on_a_dead_worker_is_lost_and_retried_when_allowed() {
     );
     assert!(fire_of(&actions).is_empty(), "{actions:?}");
 }
+
+#[test]
+fn a_seconds_schedule_fires_every_two_seconds() {
+    let (table, schedule) = job_on("*/2 * * * * *", "");
+    let app = table.get("job").unwrap().clone();
+    let actions = plan(
+        &app,
+        &schedule,
+        FENCE,
+        T0 + 3_100,
+        &BTreeSet::new(),
+        &BTreeMap::new(),
+    );
+    let fires = fire_of(&actions);
+    assert_eq!(fires.len(), 1, "{actions:?}");
+    assert_eq!(fires[0].tick, (T0 / 1000 + 2) as i64);
+}
