@@ -3,6 +3,9 @@
 //! Every `/v1/` call needs `Authorization: Bearer <admin token>`. A deploy streams the bundle
 //! to disk, unpacks and checks it, reads its `shoal.toml`, and only then stores the bundle and
 //! applies the `Deploy` command; any failure on the way leaves nothing behind.
+//!
+//! A cron job's runs are read at `GET /v1/apps/NAME/runs`; `POST` there commits a manual
+//! `Fire`, and the orchestrator dispatches the pending run like a scheduled one.
 
 use std::sync::Arc;
 
@@ -11,18 +14,20 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shoal_proxy::body::{self, Body};
 use tracing::{info, warn};
 
 use crate::bundle::BundleError;
 use crate::cluster::ClusterError;
-use crate::manifest::{AppSpec, Manifest};
+use crate::manifest::{AppKind, AppSpec, Manifest};
 use crate::node::{unix_ms_now, Node};
+use crate::runs::{Fence, Fire, Run, RunRefusal, Tick};
 use crate::state::{App, AppTable, Applied, Command, Release};
 
 /// An API failure: a status and one sentence for the user.
+#[derive(Debug)]
 struct ApiError {
     status: StatusCode,
     message: String,
@@ -87,9 +92,11 @@ pub async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Response<Bod
         (Method::GET, ["apps", name]) => show_app(&node, name, consistent(&request)).await,
         (Method::GET, ["apps", name, "logs"]) => logs(&node, name, request.uri().query()).await,
         (Method::DELETE, ["apps", name]) => delete_app(&node, name).await,
+        (Method::GET, ["apps", name, "runs"]) => list_runs(&node, name, consistent(&request)).await,
+        (Method::POST, ["apps", name, "runs"]) => trigger_run(&node, name).await,
         (Method::GET, ["nodes"]) => nodes(&node),
         (Method::DELETE, ["nodes", id]) => remove_node(&node, id).await,
-        (_, ["apps"]) | (_, ["apps", _]) => Err(ApiError::new(
+        (_, ["apps"]) | (_, ["apps", _]) | (_, ["apps", _, "runs"]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed here",
         )),
@@ -385,6 +392,102 @@ fn no_such_app(name: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no app named `{name}`"))
 }
 
+/// `GET /v1/apps/NAME/runs`: a cron job's runs, newest first.
+async fn list_runs(node: &Node, name: &str, consistent: bool) -> Result<Response<Body>, ApiError> {
+    let table = read_table(node, consistent).await?;
+    let app = table.get(name).ok_or_else(|| no_such_app(name))?;
+    Ok(json_response(StatusCode::OK, &RunsView::of(app)?))
+}
+
+/// `POST /v1/apps/NAME/runs`: commits a manual fire of the job's current release. The run is
+/// pending when this answers; the orchestrator dispatches it.
+async fn trigger_run(node: &Node, name: &str) -> Result<Response<Body>, ApiError> {
+    let cluster = node.cluster().ok_or_else(not_started)?;
+    // Read through the leader: right after a deploy this node's replica may still hold the
+    // previous release, or no app at all.
+    let table = cluster.linearizable_table().await.map_err(unavailable)?;
+    let app = table.get(name).ok_or_else(|| no_such_app(name))?;
+    if app.kind() != AppKind::Cron {
+        return Err(not_a_job(name, app.kind()));
+    }
+    let command = manual_fire(name, app.current().version, unix_ms_now());
+    let applied = cluster.propose(command).await.map_err(unavailable)?;
+    let run = fired_run(applied, name)?;
+    info!(job = %name, run = %run.run_id, release = run.release, "manual run fired");
+    Ok(json_response(StatusCode::CREATED, &run))
+}
+
+/// The `Fire` of `shoal run`: not bound to the schedule, so the state machine neither checks
+/// nor moves the job's last tick; its fence is zero because no orchestrator fired it.
+fn manual_fire(job: &str, release: u64, now_ms: u64) -> Command {
+    Command::Fire {
+        job: job.to_owned(),
+        fire: Fire {
+            tick: Tick::try_from(now_ms / 1000).unwrap_or(Tick::MAX),
+            attempt: 0,
+            manual: true,
+            fence: Fence { term: 0, index: 0 },
+            release,
+            at_ms: now_ms,
+            skip: None,
+        },
+    }
+}
+
+/// The run a committed manual fire recorded, or why there is none.
+fn fired_run(applied: Applied, name: &str) -> Result<Run, ApiError> {
+    match applied {
+        Applied::Fired { run, .. } => Ok(*run),
+        Applied::NotFound { app } => Err(no_such_app(&app)),
+        // The app was redeployed as another kind between our read and the commit.
+        Applied::RunRefused {
+            reason: RunRefusal::NotAJob(_),
+            ..
+        } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("app `{name}` is not a cron job"),
+        )),
+        Applied::RunRefused { reason, .. } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("cannot start a run of `{name}`: {reason}"),
+        )),
+        other => Err(ApiError::internal(format!(
+            "unexpected run outcome {other:?}"
+        ))),
+    }
+}
+
+fn not_a_job(name: &str, kind: AppKind) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("app `{name}` is a {kind} app, not a cron job"),
+    )
+}
+
+/// What `GET /v1/apps/NAME/runs` answers, and `shoal runs` reads.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunsView {
+    /// The job.
+    pub job: String,
+    /// The latest scheduled tick fired or skipped (Unix seconds), if any.
+    pub last_tick: Option<Tick>,
+    /// Its kept runs, newest first.
+    pub runs: Vec<Run>,
+}
+
+impl RunsView {
+    fn of(app: &App) -> Result<Self, ApiError> {
+        if app.kind() != AppKind::Cron {
+            return Err(not_a_job(&app.name, app.kind()));
+        }
+        Ok(Self {
+            job: app.name.clone(),
+            last_tick: app.runs.last_tick,
+            runs: app.runs.runs.iter().rev().cloned().collect(),
+        })
+    }
+}
+
 /// One line of `shoal apps`.
 #[derive(Serialize)]
 struct AppSummary {
@@ -462,3 +565,7 @@ fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Body> {
 fn error_response(error: ApiError) -> Response<Body> {
     json_response(error.status, &json!({ "error": error.message }))
 }
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;

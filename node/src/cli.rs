@@ -39,6 +39,12 @@ pub enum CliCommand {
     Nodes(NodesArgs),
     /// Print an app's output (its newest instance on the node), optionally following it.
     Logs(LogsArgs),
+    /// List a cron job's runs, newest first: state, worker, exit code, duration.
+    #[command(after_help = RUNS_COLUMNS)]
+    Runs(RunsArgs),
+    /// Start a run of a cron job now, outside its schedule.
+    #[command(after_help = RUN_OUTPUT)]
+    Run(RunArgs),
     /// Manage the shared runtime image that service apps and jobs run in.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
@@ -54,6 +60,43 @@ pub enum RuntimeCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `shoal runs` prints, for its `--help`.
+const RUNS_COLUMNS: &str = "\
+Columns:
+  RUN       the run's id: its tick, <tick>.<attempt> for a retry, m<unix ms> for a manual run
+  TICK      the schedule tick it ran for (a manual run: when it was asked for), UTC
+  STATE     pending, running, succeeded, failed, timed_out, lost, skipped or replaced
+  ATTEMPT   0 for the first try of a tick, 1, 2... for retries
+  WORKER    the id of the node that ran it (`shoal nodes` lists them); - until one starts it
+  EXIT      the process's exit code; - if it did not exit
+  DURATION  from start to finish; - until it finishes
+  REASON    why it was skipped, lost, or failed to start";
+
+/// What `shoal run` prints, for its `--help`.
+const RUN_OUTPUT: &str = "\
+Prints `started run <id> of <name>`: the run is committed and pending, and the cluster hands it
+to a worker as it does a scheduled run. Follow it with `shoal runs NAME`.";
+
+/// `shoal runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// The cron job.
+    pub name: String,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `shoal run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The cron job.
+    pub name: String,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `shoal logs`.
@@ -281,6 +324,49 @@ mod tests {
     #[test]
     fn the_cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn runs_and_run_take_a_job_and_the_client_flags() {
+        let cli = Cli::try_parse_from(["shoal", "runs", "report", "--json"]).unwrap();
+        let CliCommand::Runs(args) = cli.command else {
+            panic!("not runs")
+        };
+        assert_eq!((args.name.as_str(), args.client.json), ("report", true));
+        let cli =
+            Cli::try_parse_from(["shoal", "run", "report", "--api", "10.0.0.1:7070"]).unwrap();
+        let CliCommand::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            (
+                args.name.as_str(),
+                args.client.api.as_str(),
+                args.client.json
+            ),
+            ("report", "10.0.0.1:7070", false)
+        );
+        assert!(
+            Cli::try_parse_from(["shoal", "run"]).is_err(),
+            "the job is required"
+        );
+    }
+
+    #[test]
+    fn runs_help_explains_every_column() {
+        let help = Cli::command()
+            .find_subcommand_mut("runs")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for column in [
+            "RUN", "TICK", "STATE", "ATTEMPT", "WORKER", "EXIT", "DURATION", "REASON",
+        ] {
+            assert!(
+                help.contains(&format!("\n  {column} ")),
+                "{column} missing from:\n{help}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Client commands: `shoal deploy`, `shoal apps`, `shoal rm`, talking to the admin API.
+//! Client commands: `shoal deploy`, `shoal apps`, `shoal rm`, `shoal runs`, `shoal run`...,
+//! talking to the admin API.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use comfy_table::{presets, Table};
@@ -10,9 +11,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio_util::io::ReaderStream;
 
+use crate::api::RunsView;
 use crate::bundle::pack_dir;
-use crate::cli::{AppsArgs, ClientArgs, DeployArgs, LogsArgs, NodesArgs, RmArgs};
+use crate::cli::{
+    AppsArgs, ClientArgs, DeployArgs, LogsArgs, NodesArgs, RmArgs, RunArgs, RunsArgs,
+};
 use crate::manifest::Manifest;
+use crate::runs::{Run, RunState, Tick};
 use crate::tokens::admin_token_path;
 
 /// The admin API, as one client sees it.
@@ -394,6 +399,132 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `shoal runs NAME`.
+pub async fn runs(args: RunsArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client)?;
+    let path = format!("/v1/apps/{}/runs", args.name);
+    let value = client
+        .send(client.request(reqwest::Method::GET, &path))
+        .await?;
+    if args.client.json {
+        return print_stdout(&format!("{}\n", serde_json::to_string_pretty(&value)?));
+    }
+    let view: RunsView = serde_json::from_value(value).context(
+        "the admin API's list of runs is not in a form this shoal reads: are the client and the node the same version?",
+    )?;
+    print_stdout(&render_runs(&view))
+}
+
+/// `shoal run NAME`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client)?;
+    let path = format!("/v1/apps/{}/runs", args.name);
+    let value = client
+        .send(client.request(reqwest::Method::POST, &path))
+        .await?;
+    let text = if args.client.json {
+        format!("{}\n", serde_json::to_string_pretty(&value)?)
+    } else {
+        format!("started run {} of {}\n", plain(&value["run_id"]), args.name)
+    };
+    print_stdout(&text)
+}
+
+/// Prints `text`; a reader that went away (`shoal runs job | head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `shoal runs` as text: a table, newest run first, or a sentence when there are none.
+pub(crate) fn render_runs(view: &RunsView) -> String {
+    if view.runs.is_empty() {
+        return format!(
+            "no runs of {job} yet: they appear at its schedule's ticks, or start one with `shoal run {job}`\n",
+            job = view.job
+        );
+    }
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table.set_header([
+        "RUN", "TICK", "STATE", "ATTEMPT", "WORKER", "EXIT", "DURATION", "REASON",
+    ]);
+    for run in &view.runs {
+        table.add_row([
+            run.run_id.clone(),
+            format_tick(run.tick),
+            state_name(run.state).to_owned(),
+            run.attempt.to_string(),
+            run.worker
+                .map_or_else(|| "-".to_owned(), |id| id.to_string()),
+            run.exit_code
+                .map_or_else(|| "-".to_owned(), |code| code.to_string()),
+            run_duration(run),
+            run.reason
+                .as_deref()
+                .map(|reason| reason.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+        ]);
+    }
+    format!("{table}\n")
+}
+
+/// As in the API's JSON.
+fn state_name(state: RunState) -> &'static str {
+    match state {
+        RunState::Pending => "pending",
+        RunState::Running => "running",
+        RunState::Succeeded => "succeeded",
+        RunState::Failed => "failed",
+        RunState::TimedOut => "timed_out",
+        RunState::Lost => "lost",
+        RunState::Skipped => "skipped",
+        RunState::Replaced => "replaced",
+    }
+}
+
+/// A tick in UTC, RFC 3339 to the second; the bare number if it is outside years 1970-9999.
+fn format_tick(tick: Tick) -> String {
+    const YEAR_10000: u64 = 253_402_300_800;
+    match u64::try_from(tick) {
+        Ok(seconds) if seconds < YEAR_10000 => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
+        }
+        _ => tick.to_string(),
+    }
+}
+
+/// From start to finish, or `-` for a run that has not both started and finished.
+fn run_duration(run: &Run) -> String {
+    match (run.started_at_ms, run.finished_at_ms) {
+        (Some(started), Some(finished)) => format_duration_ms(finished.saturating_sub(started)),
+        _ => "-".to_owned(),
+    }
+}
+
+/// `1.2s` under a minute, `2m05s` under an hour, `1h02m` beyond.
+fn format_duration_ms(ms: u64) -> String {
+    let tenths = (ms + 50) / 100;
+    if tenths < 600 {
+        return format!("{}.{}s", tenths / 10, tenths % 10);
+    }
+    let seconds = (ms + 500) / 1000;
+    if seconds < 3600 {
+        return format!("{}m{:02}s", seconds / 60, seconds % 60);
+    }
+    let minutes = (ms + 30_000) / 60_000;
+    format!("{}h{:02}m", minutes / 60, minutes % 60)
+}
+
 /// `shoal runtime build`.
 pub async fn runtime_build(json: bool) -> anyhow::Result<()> {
     let docker = crate::runtime::image::connect_docker().await?;
@@ -411,4 +542,116 @@ pub async fn runtime_build(json: bool) -> anyhow::Result<()> {
         println!("built {} (python: {python})", image.reference);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::Fence;
+
+    /// 2026-11-24T19:20:00Z.
+    const TICK: Tick = 1_795_548_000;
+
+    fn run(run_id: &str, tick: Tick, state: RunState) -> Run {
+        Run {
+            run_id: run_id.into(),
+            tick,
+            attempt: 0,
+            manual: false,
+            fence: Fence { term: 1, index: 4 },
+            state,
+            worker: None,
+            release: 1,
+            fired_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            exit_code: None,
+            log_tail: String::new(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn ticks_print_in_utc_to_the_second() {
+        assert_eq!(format_tick(TICK), "2026-11-24T19:20:00Z");
+        assert_eq!(format_tick(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_tick(-1), "-1", "no panic before the epoch");
+        assert_eq!(format_tick(Tick::MAX), Tick::MAX.to_string());
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        let cases = [
+            (0, "0.0s"),
+            (1_200, "1.2s"),
+            (1_249, "1.2s"),
+            (59_940, "59.9s"),
+            (59_950, "1m00s"),
+            (125_000, "2m05s"),
+            (3_599_400, "59m59s"),
+            (3_599_600, "1h00m"),
+            (3_723_000, "1h02m"),
+        ];
+        for (ms, text) in cases {
+            assert_eq!(format_duration_ms(ms), text, "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn runs_print_as_a_table_newest_first() {
+        let finished = Run {
+            worker: Some(3),
+            started_at_ms: Some(10_000),
+            finished_at_ms: Some(11_200),
+            exit_code: Some(0),
+            ..run("1795551600", TICK + 3600, RunState::Succeeded)
+        };
+        let failed = Run {
+            attempt: 1,
+            worker: Some(12),
+            started_at_ms: Some(1_000),
+            finished_at_ms: Some(126_000),
+            exit_code: Some(2),
+            ..run("1795548000.1", TICK, RunState::Failed)
+        };
+        let skipped = Run {
+            finished_at_ms: Some(5),
+            reason: Some("the previous run\nwas still going".into()),
+            ..run("1795544400", TICK - 3600, RunState::Skipped)
+        };
+        let manual = Run {
+            manual: true,
+            ..run("m1795552000456", TICK + 4000, RunState::Pending)
+        };
+        let view = RunsView {
+            job: "report".into(),
+            last_tick: Some(TICK + 3600),
+            runs: vec![manual, finished, failed, skipped],
+        };
+        let text = render_runs(&view);
+        let lines: Vec<_> = text.lines().map(str::trim_end).collect();
+        assert_eq!(
+            lines,
+            [
+                " RUN             TICK                  STATE      ATTEMPT  WORKER  EXIT  DURATION  REASON",
+                " m1795552000456  2026-11-24T20:26:40Z  pending    0        -       -     -",
+                " 1795551600      2026-11-24T20:20:00Z  succeeded  0        3       0     1.2s",
+                " 1795548000.1    2026-11-24T19:20:00Z  failed     1        12      2     2m05s",
+                " 1795544400      2026-11-24T18:20:00Z  skipped    0        -       -     -         the previous run was still going",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_runs_is_a_sentence() {
+        let view = RunsView {
+            job: "report".into(),
+            last_tick: None,
+            runs: Vec::new(),
+        };
+        assert_eq!(
+            render_runs(&view),
+            "no runs of report yet: they appear at its schedule's ticks, or start one with `shoal run report`\n"
+        );
+    }
 }

@@ -46,6 +46,8 @@ async fn run(command: CliCommand) -> anyhow::Result<()> {
         CliCommand::Apps(args) => shoal::client::apps(args).await,
         CliCommand::Rm(args) => shoal::client::rm(args).await,
         CliCommand::Logs(args) => shoal::client::logs(args).await,
+        CliCommand::Runs(args) => shoal::client::runs(args).await,
+        CliCommand::Run(args) => shoal::client::run(args).await,
         CliCommand::Runtime(RuntimeCommand::Build { json }) => {
             shoal::client::runtime_build(json).await
         }
