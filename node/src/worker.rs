@@ -215,6 +215,25 @@ impl Worker {
             .map_err(|error| error.to_string())
     }
 
+    /// Kills and removes every run of cron job `job` on this node (a cron app has no other
+    /// instances): a run stopped for a newer one (`overlap = "replace"`).
+    pub async fn stop_job_runs(&self, job: &str) -> Result<usize, String> {
+        let runtime = self.runtime().await?;
+        let instances = runtime
+            .list(&self.node)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut stopped = 0;
+        for instance in instances.into_iter().filter(|i| i.app == job) {
+            runtime
+                .remove(&instance.id)
+                .await
+                .map_err(|error| error.to_string())?;
+            stopped += 1;
+        }
+        Ok(stopped)
+    }
+
     /// Stops and removes an app's instances (the app was deleted or is no longer a service).
     pub fn retire(&self, app: &str) {
         if let Some(actor) = self.apps.lock().expect("apps lock").remove(app) {

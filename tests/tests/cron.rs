@@ -13,11 +13,15 @@ use serde_json::Value;
 use shoal_tests::bundle_of;
 use shoal_tests::cluster::{ClusterLock, TestCluster};
 
-/// The job: appends `<tick> <run id>` to `$TICKS_FILE`, then sleeps `$SLEEP_MS`.
+/// The job: appends `<tick> <run id>` to `$TICKS_FILE`, sleeps `$SLEEP_MS`, then appends
+/// `done <tick>`.
 const JOB_JS: &str = r#"const fs = require("fs");
 fs.appendFileSync(process.env.TICKS_FILE, `${process.env.SHOAL_TICK} ${process.env.SHOAL_RUN_ID}\n`);
 console.log(`tick ${process.env.SHOAL_TICK}`);
-setTimeout(() => process.exit(0), Number(process.env.SLEEP_MS || 0));
+setTimeout(() => {
+  fs.appendFileSync(process.env.TICKS_FILE, `done ${process.env.SHOAL_TICK}\n`);
+  process.exit(0);
+}, Number(process.env.SLEEP_MS || 0));
 "#;
 
 /// A job bundle named `name` on `schedule`, writing to `ticks`, with extra manifest lines.
@@ -195,10 +199,20 @@ fn overlap_policies_decide_what_a_tick_does_while_the_last_run_goes_on() -> Resu
     std::thread::sleep(Duration::from_secs(12));
     let mut report = String::new();
     let mut states: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut finished: BTreeMap<&str, usize> = BTreeMap::new();
     for policy in ["forbid", "allow", "replace"] {
+        let log = std::fs::read_to_string(cluster.dir().join(format!("{policy}.log")))
+            .unwrap_or_default();
+        finished.insert(
+            policy,
+            log.lines().filter(|l| l.starts_with("done ")).count(),
+        );
         let runs = runs(&cluster, 0, policy)?;
         let list: Vec<String> = runs.iter().map(|run| state(run).to_owned()).collect();
-        report.push_str(&format!("{policy}: {list:?}\n"));
+        report.push_str(&format!(
+            "{policy}: {list:?}, {} ran to the end\n",
+            finished[policy]
+        ));
         states.insert(policy, list);
     }
     eprintln!("after {:?}:\n{report}", started.elapsed());
@@ -211,12 +225,12 @@ fn overlap_policies_decide_what_a_tick_does_while_the_last_run_goes_on() -> Resu
     )?;
     // allow: runs pile up side by side.
     cluster.check(
-        count("allow", "skipped") == 0 && active("allow") >= 2,
+        count("allow", "skipped") == 0 && active("allow") >= 2 && finished["allow"] >= 1,
         format!("allow\n{report}"),
     )?;
-    // replace: each tick stops the run before it.
+    // replace: each tick stops the run before it, process and all: none ran to its end.
     cluster.check(
-        active("replace") <= 1 && count("replace", "replaced") >= 2,
+        active("replace") <= 1 && count("replace", "replaced") >= 2 && finished["replace"] == 0,
         format!("replace\n{report}"),
     )?;
     Ok(())

@@ -103,7 +103,17 @@ impl DataPlane {
                 return;
             }
         };
-        let reply = self.clone().take_job(message);
+        let cancelled = match &message {
+            JobMessage::Cancel { job, .. } => Some(job.clone()),
+            JobMessage::Run(_) => None,
+        };
+        let mut reply = self.clone().take_job(message);
+        if let (Ok(()), Some(job)) = (&reply, cancelled) {
+            // The aborted task left its process: stop it before the newer run may start.
+            reply = self.worker.stop_job_runs(&job).await.map(|stopped| {
+                info!(%job, stopped, "stopped a replaced run");
+            });
+        }
         if let Err(error) = &reply {
             info!(peer, %error, "refused a job message");
         }
