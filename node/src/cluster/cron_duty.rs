@@ -57,13 +57,15 @@ pub enum Action {
     },
 }
 
-/// A job's actions at `now_ms`. `dispatched` holds when this duty last sent each run.
+/// A job's actions at `now_ms`. `dead_workers` are the nodes gossip declares dead (a node it
+/// has not heard of yet is not dead: a new leader's view fills in after a round or two);
+/// `dispatched` holds when this duty last sent each run.
 pub fn plan(
     app: &App,
     schedule: &Schedule,
     fence: Fence,
     now_ms: u64,
-    live_workers: &BTreeSet<u64>,
+    dead_workers: &BTreeSet<u64>,
     dispatched: &BTreeMap<String, u64>,
 ) -> Vec<Action> {
     let release = app.current();
@@ -73,7 +75,7 @@ pub fn plan(
     let mut ended: BTreeSet<&str> = BTreeSet::new();
     for run in runs.active() {
         let lost = match (run.state, run.worker) {
-            (RunState::Running, Some(worker)) if !live_workers.contains(&worker) => {
+            (RunState::Running, Some(worker)) if dead_workers.contains(&worker) => {
                 Some(format!("worker {worker} died while the run was going"))
             }
             (RunState::Pending, _)
@@ -206,10 +208,10 @@ impl Cluster {
         loop {
             let table = self.replica.table();
             let view = self.placement_view();
-            let live: BTreeSet<u64> = view
+            let dead: BTreeSet<u64> = view
                 .workers
                 .iter()
-                .filter(|w| w.live)
+                .filter(|w| !w.live)
                 .map(|w| w.node)
                 .collect();
             for app in table.apps().filter(|app| app.kind() == AppKind::Cron) {
@@ -238,7 +240,7 @@ impl Cluster {
                     .map(|((_, run), at)| (run.clone(), *at))
                     .collect();
                 let now_ms = super::wall_clock_ms();
-                for action in plan(app, &schedule, fence, now_ms, &live, &sent) {
+                for action in plan(app, &schedule, fence, now_ms, &dead, &sent) {
                     if token.is_cancelled() {
                         return;
                     }

@@ -61,16 +61,16 @@ fn apply_fires(table: &mut AppTable, actions: &[Action], index: &mut u64) {
 #[test]
 fn a_due_tick_fires_then_is_dispatched_and_never_fires_again() {
     let (mut table, schedule) = job("");
-    let live = BTreeSet::from([7]);
+    let dead = BTreeSet::new();
     let none = BTreeMap::new();
     let app = table.get("job").unwrap().clone();
-    let first = plan(&app, &schedule, FENCE, T0 + 30_000, &live, &none);
+    let first = plan(&app, &schedule, FENCE, T0 + 30_000, &dead, &none);
     assert_eq!(
         fire_of(&first)[0].tick,
         (T0 / 1000) as i64,
         "the job was created on a tick: that tick is due"
     );
-    let actions = plan(&app, &schedule, FENCE, T0 + 60_500, &live, &none);
+    let actions = plan(&app, &schedule, FENCE, T0 + 60_500, &dead, &none);
     let fires = fire_of(&actions);
     assert_eq!(fires.len(), 1);
     assert_eq!(fires[0].tick, (T0 / 1000 + 60) as i64);
@@ -79,7 +79,7 @@ fn a_due_tick_fires_then_is_dispatched_and_never_fires_again() {
     let mut index = 1;
     apply_fires(&mut table, &actions, &mut index);
     let app = table.get("job").unwrap().clone();
-    let again = plan(&app, &schedule, FENCE, T0 + 61_000, &live, &none);
+    let again = plan(&app, &schedule, FENCE, T0 + 61_000, &dead, &none);
     assert!(fire_of(&again).is_empty(), "the tick is settled: {again:?}");
     assert_eq!(
         again,
@@ -90,9 +90,9 @@ fn a_due_tick_fires_then_is_dispatched_and_never_fires_again() {
         "a pending run this duty never sent goes out (a new leader sends the old one's)"
     );
     let sent = BTreeMap::from([((T0 / 1000 + 60).to_string(), T0 + 61_000)]);
-    assert!(plan(&app, &schedule, FENCE, T0 + 62_000, &live, &sent).is_empty());
+    assert!(plan(&app, &schedule, FENCE, T0 + 62_000, &dead, &sent).is_empty());
     assert_eq!(
-        plan(&app, &schedule, FENCE, T0 + 72_000, &live, &sent).len(),
+        plan(&app, &schedule, FENCE, T0 + 72_000, &dead, &sent).len(),
         1,
         "sent again once it has waited too long"
     );
@@ -139,7 +139,7 @@ fn running(table: &mut AppTable, worker: u64, index: &mut u64) -> String {
         &schedule,
         FENCE,
         T0 + 60_500,
-        &BTreeSet::from([worker]),
+        &BTreeSet::new(),
         &BTreeMap::new(),
     );
     apply_fires(table, &actions, index);
@@ -169,7 +169,7 @@ fn overlap_policies_decide_what_a_tick_does_while_a_run_goes_on() {
             &schedule,
             FENCE,
             T0 + 120_500,
-            &BTreeSet::from([7]),
+            &BTreeSet::new(),
             &BTreeMap::new(),
         );
         let fires = fire_of(&actions);
@@ -194,7 +194,7 @@ fn a_run_on_a_dead_worker_is_lost_and_retried_when_allowed() {
         &schedule,
         FENCE,
         at,
-        &BTreeSet::from([8]),
+        &BTreeSet::from([7]),
         &BTreeMap::new(),
     );
     assert!(actions.iter().any(|action| matches!(
@@ -223,7 +223,7 @@ fn a_run_on_a_dead_worker_is_lost_and_retried_when_allowed() {
         &schedule,
         FENCE,
         at + 1_000,
-        &BTreeSet::from([8]),
+        &BTreeSet::from([7]),
         &BTreeMap::new(),
     );
     assert!(fire_of(&early).is_empty(), "{early:?}");
@@ -232,7 +232,7 @@ fn a_run_on_a_dead_worker_is_lost_and_retried_when_allowed() {
         &schedule,
         FENCE,
         at + 5_000,
-        &BTreeSet::from([8]),
+        &BTreeSet::from([7]),
         &BTreeMap::new(),
     );
     let fires = fire_of(&later);
@@ -251,7 +251,7 @@ fn a_run_on_a_dead_worker_is_lost_and_retried_when_allowed() {
         &schedule,
         FENCE,
         T0 + 70_000,
-        &BTreeSet::new(),
+        &BTreeSet::from([7]),
         &BTreeMap::new(),
     );
     assert!(fire_of(&actions).is_empty(), "{actions:?}");
@@ -272,4 +272,27 @@ fn a_seconds_schedule_fires_every_two_seconds() {
     let fires = fire_of(&actions);
     assert_eq!(fires.len(), 1, "{actions:?}");
     assert_eq!(fires[0].tick, (T0 / 1000 + 2) as i64);
+}
+
+#[test]
+fn a_worker_gossip_has_not_declared_dead_keeps_its_run() {
+    let (mut table, schedule) = job("retries = 1\n");
+    let mut index = 1;
+    running(&mut table, 7, &mut index);
+    let app = table.get("job").unwrap().clone();
+    // A new leader whose view does not list node 7 yet: not dead, so not lost.
+    let actions = plan(
+        &app,
+        &schedule,
+        FENCE,
+        T0 + 70_000,
+        &BTreeSet::from([9]),
+        &BTreeMap::new(),
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|action| matches!(action, Action::End { .. })),
+        "{actions:?}"
+    );
 }

@@ -26,6 +26,8 @@ use crate::state::{Applied, Command};
 pub const KIND_JOB: u8 = 21;
 /// Longest wait for the job's release (table and bundle) to reach this node.
 const RELEASE_WAIT: Duration = Duration::from_secs(30);
+/// How often a worker looks for runs it started before a restart.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// How long a run's end is retried while no leader takes it.
 const REPORT_FOR: Duration = Duration::from_secs(120);
 
@@ -151,16 +153,52 @@ impl DataPlane {
         let Some(cluster) = self.cluster.get().cloned() else {
             return;
         };
-        let outcome = self.run_once(&cluster, &dispatch).await;
+        if let Some(end) = self.run_once(&cluster, &dispatch).await {
+            report(&cluster, &dispatch.job, &dispatch.run_id, end).await;
+        }
+        // Only now: until its end is committed, the sweep must see the run as ours.
         self.jobs
             .lock()
             .expect("jobs lock")
             .running
             .remove(&dispatch.run_id);
-        let Some(end) = outcome else {
+    }
+
+    /// Ends as lost the runs the table says run here but this process does not run: they
+    /// started before this node restarted, and nobody will report their end.
+    pub(super) async fn sweep_orphan_runs(self: Arc<Self>) {
+        let Some(cluster) = self.cluster.get().cloned() else {
             return;
         };
-        report(&cluster, &dispatch, end).await;
+        let me = cluster.identity.node_id;
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            let table = cluster.table();
+            let orphans: Vec<(String, String)> = {
+                let book = self.jobs.lock().expect("jobs lock");
+                table
+                    .apps()
+                    .flat_map(|app| {
+                        app.runs
+                            .active()
+                            .filter(|run| run.state == RunState::Running && run.worker == Some(me))
+                            .filter(|run| !book.running.contains_key(&run.run_id))
+                            .map(|run| (app.name.clone(), run.run_id.clone()))
+                    })
+                    .collect()
+            };
+            for (job, run_id) in orphans {
+                warn!(%job, run = %run_id, "a run this node started before it restarted is lost");
+                let end = RunEnd {
+                    state: RunState::Lost,
+                    exit_code: None,
+                    log_tail: String::new(),
+                    reason: Some("its worker restarted while it ran".into()),
+                    at_ms: unix_ms_now(),
+                };
+                report(&cluster, &job, &run_id, end).await;
+            }
+        }
     }
 
     /// Commits the start, runs the process, and says how it ended (`None`: not started here).
@@ -268,18 +306,18 @@ fn run_env(cluster: &Cluster, dispatch: &Dispatch) -> BTreeMap<String, String> {
 }
 
 /// Commits a run's end, retrying while no leader takes it.
-async fn report(cluster: &Cluster, dispatch: &Dispatch, end: RunEnd) {
+async fn report(cluster: &Cluster, job: &str, run_id: &str, end: RunEnd) {
     let deadline = tokio::time::Instant::now() + REPORT_FOR;
     let command = Command::RunEnded {
-        job: dispatch.job.clone(),
-        run_id: dispatch.run_id.clone(),
+        job: job.to_owned(),
+        run_id: run_id.to_owned(),
         end,
     };
     loop {
         match cluster.propose(command.clone()).await {
             Ok(_) => return,
             Err(error) if tokio::time::Instant::now() > deadline => {
-                warn!(run = %dispatch.run_id, %error, "gave up reporting a run's end");
+                warn!(run = %run_id, %error, "gave up reporting a run's end");
                 return;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,

@@ -135,6 +135,9 @@ impl DataPlane {
     /// Connects the data plane to the control plane, once it runs.
     pub fn attach(&self, cluster: Arc<Cluster>) {
         let _ = self.cluster.set(cluster);
+        if let (true, Some(this)) = (self.runs_apps, self.this.upgrade()) {
+            tokio::spawn(this.sweep_orphan_runs());
+        }
     }
 
     /// Whether this node runs app instances.
