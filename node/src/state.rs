@@ -332,6 +332,22 @@ impl AppTable {
     }
 }
 
+/// A `Deploy` of a cron job named `name` on `schedule` (tests), `settings` added to its
+/// manifest.
+#[cfg(test)]
+pub(crate) fn deploy_cron_for_test(name: &str, schedule: &str, settings: &str, at: u64) -> Command {
+    let manifest = format!(
+        "name = \"{name}\"\nkind = \"cron\"\ncommand = [\"x\"]\nschedule = \"{schedule}\"\n{settings}"
+    );
+    let spec = crate::manifest::Manifest::parse(&manifest, "t", None).expect("valid manifest");
+    Command::Deploy {
+        spec: Box::new(spec),
+        digest: "d".into(),
+        bundle_bytes: 1,
+        at_unix_ms: at,
+    }
+}
+
 /// A `Deploy` of a static app named `name` with bundle `digest` at time `at` (tests).
 #[cfg(test)]
 pub(crate) fn deploy_for_test(name: &str, digest: &str, at: u64) -> Command {
@@ -420,19 +436,8 @@ mod tests {
 
     #[test]
     fn run_commands_change_cron_jobs_only_and_a_tick_fires_once() {
-        let manifest =
-            "name = \"job\"\nkind = \"cron\"\ncommand = [\"x\"]\nschedule = \"@hourly\"\n";
-        let spec = crate::manifest::Manifest::parse(manifest, "t", None).expect("valid manifest");
         let mut table = AppTable::default();
-        table.apply(
-            1,
-            &Command::Deploy {
-                spec: Box::new(spec),
-                digest: "d".into(),
-                bundle_bytes: 1,
-                at_unix_ms: 0,
-            },
-        );
+        table.apply(1, &deploy_cron_for_test("job", "@hourly", "", 0));
         table.apply(2, &deploy("site", "d2", 0));
         let fire = |job: &str| Command::Fire {
             job: job.into(),

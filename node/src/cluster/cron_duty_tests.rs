@@ -3,9 +3,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{plan, Action};
 use crate::cluster::orchestrator::Fence;
 use crate::cron::Schedule;
-use crate::manifest::Manifest;
 use crate::runs::{Fire, RunEnd, RunState};
-use crate::state::{AppTable, Command};
+use crate::state::{deploy_cron_for_test, AppTable, Command};
 
 const FENCE: Fence = Fence { term: 3, index: 40 };
 /// 2026-11-24T19:00:00Z, a whole minute.
@@ -18,20 +17,8 @@ fn job(settings: &str) -> (AppTable, Schedule) {
 
 /// [`job`] with another schedule.
 fn job_on(schedule: &str, settings: &str) -> (AppTable, Schedule) {
-    let manifest = format!(
-        "name = \"job\"\nkind = \"cron\"\ncommand = [\"x\"]\nschedule = \"{schedule}\"\n{settings}"
-    );
-    let spec = Manifest::parse(&manifest, "t", None).expect("valid manifest");
     let mut table = AppTable::default();
-    table.apply(
-        1,
-        &Command::Deploy {
-            spec: Box::new(spec),
-            digest: "d".into(),
-            bundle_bytes: 1,
-            at_unix_ms: T0,
-        },
-    );
+    table.apply(1, &deploy_cron_for_test("job", schedule, settings, T0));
     (table, Schedule::parse(schedule, None).unwrap())
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shoal_mesh::quic::{read_frame, write_frame};
+use shoal_mesh::quic::write_frame;
 use tracing::{debug, info, warn};
 
 use super::DataPlane;
@@ -94,11 +94,7 @@ impl DataPlane {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let message: JobMessage = match read_frame(&mut recv, 64 << 10)
-            .await
-            .map_err(|error| error.to_string())
-            .and_then(|frame| serde_json::from_slice(&frame).map_err(|e| e.to_string()))
-        {
+        let message: JobMessage = match super::read_json(&mut recv, 64 << 10).await {
             Ok(message) => message,
             Err(error) => {
                 debug!(peer, %error, "unreadable job message");

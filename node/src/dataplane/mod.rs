@@ -386,6 +386,17 @@ impl DataPlane {
     }
 }
 
+/// Reads one JSON frame of at most `max` bytes.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<T, String> {
+    let frame = shoal_mesh::quic::read_frame(recv, max)
+        .await
+        .map_err(|error| error.to_string())?;
+    serde_json::from_slice(&frame).map_err(|error| error.to_string())
+}
+
 /// Why a hop gave no response: `sent` when the worker may have received the request.
 struct Hop {
     sent: bool,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response};
 use hyper::service::service_fn;
-use shoal_mesh::quic::{read_frame, StreamHandler};
+use shoal_mesh::quic::StreamHandler;
 use shoal_mesh::stream_http::serve_one;
 use shoal_proxy::body::Body;
 use shoal_proxy::ingress::{text, unavailable, Client, NODE_HEADER};
@@ -43,11 +43,7 @@ impl StreamHandler for DataPlane {
             debug!(peer, kind, "unknown data-plane stream kind");
             return;
         }
-        let header: ForwardHeader = match read_frame(&mut recv, MAX_HEADER)
-            .await
-            .map_err(|error| error.to_string())
-            .and_then(|frame| serde_json::from_slice(&frame).map_err(|e| e.to_string()))
-        {
+        let header: ForwardHeader = match super::read_json(&mut recv, MAX_HEADER).await {
             Ok(header) => header,
             Err(error) => {
                 debug!(peer, %error, "unreadable forward header");

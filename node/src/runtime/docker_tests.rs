@@ -133,7 +133,9 @@ const control = net.createServer(() => {}).listen(0, "127.0.0.1", async () => {
 
 const CHATTY_JS: &str = r#"
 for (let i = 0; i < 20; i++) console.log("line " + i);
-console.error("to stderr");
+// Node writes stdout to a pipe asynchronously and stderr at once: wait for stdout to drain,
+// or the stderr line can land before the last stdout lines.
+process.stdout.write("", () => console.error("to stderr"));
 setInterval(() => {}, 1000);
 "#;
 
