@@ -233,6 +233,13 @@ fn overlap_policies_decide_what_a_tick_does_while_the_last_run_goes_on() -> Resu
     eprintln!("after {:?}:\n{report}", started.elapsed());
     let count = |policy: &str, state: &str| states[policy].iter().filter(|s| *s == state).count();
     let active = |policy: &str| count(policy, "running") + count(policy, "pending");
+    // Nothing died, so nothing is lost (run ids repeat across jobs: each job's are its own).
+    for policy in ["forbid", "allow", "replace"] {
+        cluster.check(
+            count(policy, "lost") == 0,
+            format!("{policy} lost runs\n{report}"),
+        )?;
+    }
     // forbid: one run at a time; the ticks during it are skipped.
     cluster.check(
         active("forbid") <= 1 && count("forbid", "skipped") >= 2,

@@ -67,7 +67,8 @@ pub struct Dispatch {
 #[derive(Default)]
 pub struct JobBook {
     fences: BTreeMap<String, Fence>,
-    running: BTreeMap<String, tokio::task::AbortHandle>,
+    /// By (job, run id): run ids repeat across jobs (a tick's number).
+    running: BTreeMap<(String, String), tokio::task::AbortHandle>,
 }
 
 impl JobBook {
@@ -130,14 +131,14 @@ impl DataPlane {
         match message {
             JobMessage::Run(dispatch) => {
                 book.admit(&dispatch.job, dispatch.fence)?;
-                let run_id = dispatch.run_id.clone();
+                let key = (dispatch.job.clone(), dispatch.run_id.clone());
                 let task = tokio::spawn(self.clone().run_dispatched(dispatch));
-                book.running.insert(run_id, task.abort_handle());
+                book.running.insert(key, task.abort_handle());
                 Ok(())
             }
             JobMessage::Cancel { job, run_id, fence } => {
                 book.admit(&job, fence)?;
-                if let Some(task) = book.running.remove(&run_id) {
+                if let Some(task) = book.running.remove(&(job, run_id)) {
                     task.abort();
                 }
                 Ok(())
@@ -157,7 +158,7 @@ impl DataPlane {
             .lock()
             .expect("jobs lock")
             .running
-            .remove(&dispatch.run_id);
+            .remove(&(dispatch.job.clone(), dispatch.run_id.clone()));
     }
 
     /// Ends as lost the runs the table says run here but this process does not run: they
@@ -178,7 +179,11 @@ impl DataPlane {
                         app.runs
                             .active()
                             .filter(|run| run.state == RunState::Running && run.worker == Some(me))
-                            .filter(|run| !book.running.contains_key(&run.run_id))
+                            .filter(|run| {
+                                !book
+                                    .running
+                                    .contains_key(&(app.name.clone(), run.run_id.clone()))
+                            })
                             .map(|run| (app.name.clone(), run.run_id.clone()))
                     })
                     .collect()
