@@ -14,7 +14,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::body::{self, Body, BoxError};
@@ -39,10 +38,11 @@ pub struct ForwardTarget {
 /// Called with `true` when an upgraded stream opens, `false` when it closes.
 pub type StreamHook = Box<dyn Fn(bool) + Send + Sync>;
 
-/// Sends `request` (whose path is already the app's own) to the instance at `addr` over a new
-/// TCP connection.
+/// Sends `request` (whose path is already the app's own) to the instance at `addr`, on a
+/// pooled keep-alive connection: a connection per request would cost the app an accept and
+/// the node a local port (held for a minute after close) every time.
 pub async fn forward<B>(
-    request: Request<B>,
+    mut request: Request<B>,
     addr: SocketAddr,
     target: &ForwardTarget,
     on_stream: Option<StreamHook>,
@@ -51,26 +51,57 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    // Bounded: the address of an instance that died can vanish, and a connect to it would
-    // hang rather than be refused.
-    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr));
-    let stream = match connect.await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            debug!(%addr, %error, "instance refused the connection");
-            return bad_gateway("the app is not accepting connections");
-        }
-        Err(_) => return bad_gateway("the app is not accepting connections"),
-    };
-    let _ = stream.set_nodelay(true);
-    match forward_on(stream, request, target, on_stream).await {
-        Ok(response) => response,
-        Err(ForwardError::Timeout) => gateway_timeout(),
-        Err(ForwardError::Failed(error)) => {
-            debug!(%addr, %error, "upstream request failed");
-            bad_gateway("the app closed the connection before answering")
-        }
+    let client_upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+    prepare_request_headers(request.headers_mut(), target);
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    match format!("http://{addr}{path}").parse() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => return bad_gateway("the request path cannot be forwarded"),
     }
+    // Pooled connections are HTTP/1.1 keep-alive, whatever the client spoke.
+    *request.version_mut() = http::Version::HTTP_11;
+    let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+    let response =
+        match tokio::time::timeout(target.timeout, instance_client().request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) if error.is_connect() => {
+                debug!(%addr, %error, "instance refused the connection");
+                return bad_gateway("the app is not accepting connections");
+            }
+            Ok(Err(error)) => {
+                debug!(%addr, %error, "upstream request failed");
+                return bad_gateway("the app closed the connection before answering");
+            }
+            Err(_) => return gateway_timeout(),
+        };
+    finish_response(response, client_upgrade, target, on_stream)
+}
+
+/// Most idle connections kept per instance.
+const POOL_IDLE_PER_INSTANCE: usize = 64;
+/// An idle pooled connection is closed after this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+type InstanceClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+/// The node's one pool of connections to app instances, keyed by address.
+fn instance_client() -> &'static InstanceClient {
+    static CLIENT: std::sync::OnceLock<InstanceClient> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_IDLE_PER_INSTANCE)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector)
+    })
 }
 
 /// Why an exchange over a byte stream gave no response.
@@ -113,9 +144,20 @@ where
         Ok(Err(error)) => return Err(ForwardError::Failed(error)),
         Err(_) => return Err(ForwardError::Timeout),
     };
+    Ok(finish_response(response, client_upgrade, target, on_stream))
+}
+
+/// The response for the client: a `101` splices both upgraded connections together; other
+/// answers lose their hop-by-hop headers (and an app's `x-shoal-*` headers).
+fn finish_response(
+    response: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    target: &ForwardTarget,
+    on_stream: Option<StreamHook>,
+) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
-            return Ok(splice_upgrade(response, client_upgrade, on_stream));
+            return splice_upgrade(response, client_upgrade, on_stream);
         }
     }
     let (mut parts, body) = response.into_parts();
@@ -123,10 +165,7 @@ where
     if !target.from_peer {
         strip_shoal_headers(&mut parts.headers);
     }
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(Into::into).boxed_unsync(),
-    ))
+    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }
 
 /// Drops `x-shoal-*` headers: only Shoal sets them.
