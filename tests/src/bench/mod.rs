@@ -7,12 +7,15 @@
 //! - [`report`]: medians, the markdown table and the JSON rows.
 //! - [`failover`]: the `failover` scenario, the raft leader killed and the time until a
 //!   survivor acknowledges a deploy.
+//! - [`forwarding`]: the `forwarding` scenario, a service app reached directly, through the
+//!   local and a remote ingress (the QUIC hop), and through nginx `proxy_pass`.
 //! - [`wake`]: the `wake` scenario, service apps woken from paused and stopped next to a bare
 //!   `docker start`.
 //! - this file: the conditions of a run, a process's resident memory and CPU time, one-off
 //!   requests that check a target serves what it should before it is loaded.
 
 pub mod failover;
+pub mod forwarding;
 pub mod nginx;
 pub mod report;
 pub mod wake;

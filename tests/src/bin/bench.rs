@@ -4,6 +4,7 @@
 //! cargo run -p shoal-tests --release --bin bench -- static [--duration 10s] [--connections 32]
 //! cargo run -p shoal-tests --release --bin bench -- wake [--cycles 20]
 //! cargo run -p shoal-tests --release --bin bench -- failover [--runs 10]
+//! cargo run -p shoal-tests --release --bin bench -- forwarding [--connections 8,1]
 //! ```
 //!
 //! The machine is shared and noisy, so a scenario never reports an absolute figure alone: it
@@ -25,7 +26,7 @@ use shoal_tests::bench::nginx::{self, Nginx};
 use shoal_tests::bench::report::{self, format_mib, Row};
 use shoal_tests::bench::wrk::{self, Target, WrkSettings};
 use shoal_tests::bench::{self, check_target, resident_memory_kib, Conditions, Expect};
-use shoal_tests::bench::{failover, wake};
+use shoal_tests::bench::{failover, forwarding, wake};
 use shoal_tests::{examples_dir, shoal_bin, TestNode};
 
 /// An unrecorded wrk run per target before the measured rounds: first connections, page cache.
@@ -50,6 +51,8 @@ enum Scenario {
     Wake(WakeOptions),
     /// Kill the raft leader of three voters; time until a survivor acknowledges a deploy.
     Failover(FailoverOptions),
+    /// A service app reached directly, through the local and a remote ingress, and nginx.
+    Forwarding(forwarding::Options),
 }
 
 impl Scenario {
@@ -59,6 +62,7 @@ impl Scenario {
             Scenario::Static(_) => "static",
             Scenario::Wake(_) => "wake",
             Scenario::Failover(_) => "failover",
+            Scenario::Forwarding(_) => "forwarding",
         }
     }
 }
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Scenario::Static(options) => static_apps(options),
         Scenario::Wake(options) => wake_apps(options),
         Scenario::Failover(options) => failover_runs(options),
+        Scenario::Forwarding(options) => forwarding_runs(options),
     };
     match results.and_then(|results| {
         let path = bench::write_results(name, &results.json)?;
@@ -231,6 +236,17 @@ fn build_and_describe(arguments: &str) -> (String, String) {
 fn failover_runs(options: &FailoverOptions) -> Result<Results> {
     let (build_profile, command) = build_and_describe(&format!("failover --runs {}", options.runs));
     let report = failover::run(options.runs, &build_profile, &command)?;
+    Ok(Results {
+        markdown: report.markdown,
+        json: report.json,
+    })
+}
+
+/// Forwarding: a service app directly, through both ingresses and nginx (see
+/// `shoal_tests::bench::forwarding`).
+fn forwarding_runs(options: &forwarding::Options) -> Result<Results> {
+    let (build_profile, command) = build_and_describe(&options.arguments());
+    let report = forwarding::run(options, &build_profile, &command)?;
     Ok(Results {
         markdown: report.markdown,
         json: report.json,
