@@ -734,8 +734,11 @@ impl RuntimeJob {
                 Ok(Some(addr)) => match wait_for_port(runtime, &container, addr).await {
                     Ok(()) => Message::Event(Event::Ready { instance, addr }),
                     Err(reason) => {
+                        // Read why before stopping it: the stop would replace a crash's exit
+                        // code with the kill's.
+                        let why = startup_failure(runtime, &container, reason).await;
                         let _ = runtime.stop(&container, Duration::ZERO).await;
-                        failed(startup_failure(runtime, &container, reason).await)
+                        failed(why)
                     }
                 },
                 Ok(None) => failed("the app has no port".to_owned()),
@@ -834,13 +837,16 @@ async fn startup_failure(
             tail.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
-    let tail = tail.trim();
-    if tail.is_empty() {
+    // A crash's last line is often a trailer (`Node.js v20.1.0`): keep the last few lines.
+    let lines: Vec<&str> = tail
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
         reason
     } else {
-        format!(
-            "{reason}; last output: {}",
-            tail.lines().last().unwrap_or_default()
-        )
+        let last = &lines[lines.len().saturating_sub(3)..];
+        format!("{reason}; last output: {}", last.join(" | "))
     }
 }
