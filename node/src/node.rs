@@ -291,8 +291,13 @@ impl Node {
     fn refresh_routes(&self) {
         let table = self.table();
         let mut routes = Routes::default();
+        let mut services: BTreeMap<String, ServiceRouter> = BTreeMap::new();
         for app in table.apps() {
-            let target = self.target_for(app);
+            let router = self.service_router(app);
+            if let Some(router) = &router {
+                services.insert(app.name.clone(), router.clone());
+            }
+            let target = self.target_for(app, router);
             for domain in &app.current().spec.domains {
                 routes
                     .domains
@@ -300,10 +305,6 @@ impl Node {
             }
             routes.apps.insert(app.name.clone(), target);
         }
-        let services: BTreeMap<String, ServiceRouter> = table
-            .apps()
-            .filter_map(|app| Some((app.name.clone(), self.service_router(app)?)))
-            .collect();
         for app in self.worker.apps() {
             if !services.contains_key(&app) {
                 self.worker.retire(&app);
@@ -341,7 +342,8 @@ impl Node {
         Some(router.clone())
     }
 
-    fn target_for(&self, app: &App) -> AppTarget {
+    /// The ingress target of `app`; `router` is its service router, if it has one here.
+    fn target_for(&self, app: &App, router: Option<ServiceRouter>) -> AppTarget {
         let release = app.current();
         let backend = if !self.bundles.contains(&release.digest) {
             Backend::Unavailable {
@@ -359,7 +361,7 @@ impl Node {
                         asset_max_age: release.spec.static_files.max_age,
                     },
                 },
-                AppKind::Service => match self.service_router(app) {
+                AppKind::Service => match router {
                     Some(router) => Backend::Service(Arc::new(router)),
                     None => Backend::Unavailable {
                         reason: format!("app `{}` cannot be routed here", app.name),

@@ -34,7 +34,6 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -380,7 +379,9 @@ fn load_pass(
             warmup.command_line()
         );
         drain_time_wait(container);
-        run_wrk(&warmup, &variant.target)?;
+        // Answers with an error status do not fail a run here: a path that runs out of ports
+        // answers 502, and that is a finding, not a broken benchmark.
+        wrk::run_counting_errors(&warmup, &variant.target)?;
     }
     let mut rows: Vec<Measured> = variants
         .iter()
@@ -398,7 +399,7 @@ fn load_pass(
             let (waited, at_start) = drain_time_wait(container);
             let before = pids.map(|pid| pid.and_then(|pid| cpu_time(pid).ok()));
             let throttled_before = Throttling::read(cpu_stat);
-            let run = run_wrk(settings, &row.variant.target)?;
+            let run = wrk::run_counting_errors(settings, &row.variant.target)?;
             let throttled = Throttling::read(cpu_stat)
                 .zip(throttled_before)
                 .map(|(after, before)| after.since(before));
@@ -432,36 +433,6 @@ fn load_pass(
         }
     }
     Ok(rows)
-}
-
-/// One wrk run. Unlike [`wrk::run`], answers with an error status do not fail it: they are
-/// counted, reported next to the row and fail its targets (a path that runs out of ports
-/// answers 502, and that is a finding, not a broken benchmark).
-fn run_wrk(settings: &WrkSettings, target: &Target) -> Result<WrkRun> {
-    let mut command = Command::new("wrk");
-    command.args([
-        format!("-t{}", settings.threads),
-        format!("-c{}", settings.connections),
-        format!("-d{}s", settings.duration.as_secs().max(1)),
-        "--latency".to_owned(),
-    ]);
-    if let Some(host) = &target.host {
-        command.args(["-H", &format!("Host: {host}")]);
-    }
-    let output = command
-        .arg(&target.url)
-        .output()
-        .context("run wrk (scripts/setup.sh installs it)")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        output.status.success(),
-        "wrk against {} failed ({}):\n{stdout}{}",
-        target.url,
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    wrk::parse_report(&stdout)
-        .with_context(|| format!("read wrk's report for {}:\n{stdout}", target.url))
 }
 
 /// The host's TCP sockets towards the container in TIME_WAIT around one run.

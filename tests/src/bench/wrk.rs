@@ -81,6 +81,21 @@ impl WrkRun {
 /// Runs wrk once against `target`. Fails when wrk fails or any response was an error status:
 /// a run that measured 404s measured nothing.
 pub fn run(settings: &WrkSettings, target: &Target) -> Result<WrkRun> {
+    let run = run_counting_errors(settings, target)?;
+    if run.error_responses > 0 {
+        bail!(
+            "{}: {} of {} responses had an error status",
+            target.label,
+            run.error_responses,
+            run.requests
+        );
+    }
+    Ok(run)
+}
+
+/// Runs wrk once against `target`; fails only when wrk fails. Answers with an error status are
+/// counted in the result, for a scenario where they are a finding.
+pub fn run_counting_errors(settings: &WrkSettings, target: &Target) -> Result<WrkRun> {
     let mut command = Command::new("wrk");
     command.args(settings.args());
     if let Some(host) = &target.host {
@@ -99,17 +114,8 @@ pub fn run(settings: &WrkSettings, target: &Target) -> Result<WrkRun> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let run = parse_report(&stdout)
-        .with_context(|| format!("read wrk's report for {}:\n{stdout}", target.url))?;
-    if run.error_responses > 0 {
-        bail!(
-            "{}: {} of {} responses had an error status",
-            target.label,
-            run.error_responses,
-            run.requests
-        );
-    }
-    Ok(run)
+    parse_report(&stdout)
+        .with_context(|| format!("read wrk's report for {}:\n{stdout}", target.url))
 }
 
 /// Runs every target `repeats` times, round-robin (a round loads each target once), so that
