@@ -20,11 +20,17 @@ use shoal_proxy::body::{self, Body};
 use tracing::{info, warn};
 
 use crate::bundle::BundleError;
+
+#[path = "api_policy.rs"]
+mod policy;
+
 use crate::cluster::ClusterError;
 use crate::manifest::{AppKind, AppSpec, Manifest};
 use crate::node::{unix_ms_now, Node};
 use crate::runs::{Fence, Fire, Run, RunRefusal, Tick};
 use crate::state::{App, AppTable, Applied, Command, Release};
+use policy::Grant;
+pub use policy::{DeployTokenView, PolicyChange, PolicyView};
 
 /// An API failure: a status and one sentence for the user.
 #[derive(Debug)]
@@ -75,34 +81,74 @@ pub async fn handle(node: Arc<Node>, request: Request<Incoming>) -> Response<Bod
             "no such endpoint; the API lives under /v1/",
         ));
     }
-    if !authorized(&node, &request) {
+    let Some(grant) = grant(&node, &request) else {
         let mut response = error_response(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token: send `Authorization: Bearer <token>`",
+            "missing or wrong token: send `Authorization: Bearer <admin token>` or the app's deploy token",
         ));
         response
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
-    }
+    };
     let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
-    let result = match (request.method().clone(), segments.as_slice()) {
-        (Method::GET, ["apps"]) => list_apps(&node, consistent(&request)).await,
-        (Method::POST, ["apps"]) => deploy(&node, request).await,
-        (Method::GET, ["apps", name]) => show_app(&node, name, consistent(&request)).await,
-        (Method::GET, ["apps", name, "logs"]) => logs(&node, name, request.uri().query()).await,
-        (Method::DELETE, ["apps", name]) => delete_app(&node, name).await,
-        (Method::GET, ["apps", name, "runs"]) => list_runs(&node, name, consistent(&request)).await,
-        (Method::POST, ["apps", name, "runs"]) => trigger_run(&node, name).await,
-        (Method::GET, ["nodes"]) => nodes(&node),
-        (Method::DELETE, ["nodes", id]) => remove_node(&node, id).await,
-        (_, ["apps"]) | (_, ["apps", _]) | (_, ["apps", _, "runs"]) => Err(ApiError::new(
+    let result = route(&node, grant, request, &segments).await;
+    result.unwrap_or_else(error_response)
+}
+
+async fn route(
+    node: &Arc<Node>,
+    grant: Grant,
+    request: Request<Incoming>,
+    segments: &[&str],
+) -> Result<Response<Body>, ApiError> {
+    // A deploy token reaches only its own app's endpoints.
+    if let ["apps", name, ..] = segments {
+        grant.check(name)?;
+    }
+    match (request.method().clone(), segments) {
+        (Method::GET, ["apps"]) => list_apps(node, &grant, consistent(&request)).await,
+        (Method::POST, ["apps"]) => deploy(node, &grant, request).await,
+        (Method::GET, ["apps", name]) => show_app(node, name, consistent(&request)).await,
+        (Method::GET, ["apps", name, "logs"]) => logs(node, name, request.uri().query()).await,
+        (Method::DELETE, ["apps", name]) => delete_app(node, name).await,
+        (Method::GET, ["apps", name, "runs"]) => list_runs(node, name, consistent(&request)).await,
+        (Method::POST, ["apps", name, "runs"]) => trigger_run(node, name).await,
+        (Method::GET, ["apps", name, "policy"]) => {
+            let table = read_table(node, consistent(&request)).await?;
+            policy::show(node, name, &table).await
+        }
+        (Method::PATCH, ["apps", name, "policy"]) => policy::patch(node, name, request).await,
+        (Method::POST, ["apps", name, "share"]) => policy::share(node, name, request).await,
+        (Method::GET, ["tokens"]) => {
+            grant.admin_only()?;
+            policy::list_tokens(&*read_table(node, consistent(&request)).await?)
+        }
+        (Method::POST, ["tokens"]) => {
+            grant.admin_only()?;
+            policy::create_token(node, request).await
+        }
+        (Method::DELETE, ["tokens", id]) => {
+            grant.admin_only()?;
+            policy::revoke_token(node, id).await
+        }
+        (Method::GET, ["nodes"]) => {
+            grant.admin_only()?;
+            nodes(node)
+        }
+        (Method::DELETE, ["nodes", id]) => {
+            grant.admin_only()?;
+            remove_node(node, id).await
+        }
+        (_, ["apps"])
+        | (_, ["apps", _])
+        | (_, ["apps", _, "runs" | "policy" | "share"])
+        | (_, ["tokens"] | ["tokens", _]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed here",
         )),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
-    };
-    result.unwrap_or_else(error_response)
+    }
 }
 
 /// Collects unused bundles now, so the answer to a delete or deploy reflects it.
@@ -154,13 +200,14 @@ async fn remove_node(node: &Node, id: &str) -> Result<Response<Body>, ApiError> 
     ))
 }
 
-fn authorized(node: &Node, request: &Request<Incoming>) -> bool {
-    request
+/// What the request's bearer token grants, if anything.
+fn grant(node: &Node, request: &Request<Incoming>) -> Option<Grant> {
+    let token = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| node.token.matches(token.trim()))
+        .and_then(|value| value.strip_prefix("Bearer "))?;
+    policy::grant_of(node, token.trim())
 }
 
 fn metrics(node: &Node) -> Response<Body> {
@@ -176,8 +223,15 @@ fn metrics(node: &Node) -> Response<Body> {
     response
 }
 
-async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn deploy(
+    node: &Arc<Node>,
+    grant: &Grant,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let name_override = query_param(request.uri().query(), "name");
+    if let Some(name) = &name_override {
+        grant.check(name)?;
+    }
     let limit = node.bundles.limits().max_compressed_bytes;
     let declared = request
         .headers()
@@ -211,6 +265,8 @@ async fn deploy(node: &Arc<Node>, request: Request<Incoming>) -> Result<Response
     })
     .await
     .map_err(ApiError::internal)??;
+    // A deploy token deploys only its app, whatever the bundle's manifest names.
+    grant.check(&spec.name)?;
 
     let cluster = node.cluster().ok_or_else(not_started)?.clone();
     let _write = node.write_lock.lock().await;
@@ -320,9 +376,17 @@ async fn read_table(node: &Node, consistent: bool) -> Result<Arc<AppTable>, ApiE
     cluster.linearizable_table().await.map_err(unavailable)
 }
 
-async fn list_apps(node: &Node, consistent: bool) -> Result<Response<Body>, ApiError> {
+async fn list_apps(
+    node: &Node,
+    grant: &Grant,
+    consistent: bool,
+) -> Result<Response<Body>, ApiError> {
     let table = read_table(node, consistent).await?;
-    let apps: Vec<_> = table.apps().map(|app| AppSummary::new(node, app)).collect();
+    let apps: Vec<_> = table
+        .apps()
+        .filter(|app| grant.covers(&app.name))
+        .map(|app| AppSummary::new(node, app))
+        .collect();
     Ok(json_response(StatusCode::OK, &json!({ "apps": apps })))
 }
 

@@ -45,9 +45,166 @@ pub enum CliCommand {
     /// Start a run of a cron job now, outside its schedule.
     #[command(after_help = RUN_OUTPUT)]
     Run(RunArgs),
+    /// Show or change who may reach an app: public or private, bearer tokens, basic-auth
+    /// users, share links, IP allowlist, rate limit, CORS, security headers, body limit.
+    /// Takes effect on every node within a second; no redeploy.
+    #[command(after_help = POLICY_HELP)]
+    Policy(PolicyArgs),
+    /// Print a link that opens a private app without credentials until it expires.
+    #[command(after_help = SHARE_HELP)]
+    Share(ShareArgs),
+    /// Manage deploy tokens: admin API tokens limited to one app, for a notebook app.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Manage the shared runtime image that service apps and jobs run in.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
+}
+
+/// `shoal token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a deploy token for APP (the app need not exist yet). It may deploy, show, delete
+    /// and read the logs, runs and policy of APP, and nothing else. Printed once.
+    Create {
+        /// The app it grants.
+        app: String,
+        /// A label to tell tokens apart.
+        #[arg(long, default_value = "deploy")]
+        name: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List deploy tokens (ids, apps, labels; never the secrets).
+    List {
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a deploy token by its id; it stops working at once.
+    Revoke {
+        /// The token's id (`shoal token list` shows it; it is also the part after `shoal_dt_`).
+        id: String,
+        /// Client flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// More on `shoal policy`, for its `--help`.
+const POLICY_HELP: &str = "\
+With only NAME, prints the policy. Each flag changes one thing; the rest stays.
+
+Order at the ingress: IP allowlist (403), rate limit (429), CORS preflight, credentials (401),
+body limit (413). A private app lets in a request with any one of: a bearer token
+(`Authorization: Bearer ...`), a basic-auth user, or a share link (`shoal share`).
+The app receives `x-shoal-auth: token:NAME`, `user:NAME` or `share`; the credential itself is
+removed.
+
+Adding a token or a user makes a public app private. `[policy]` in shoal.toml sets the same
+settings at deploy (each field it names).
+
+Examples:
+  shoal policy api --add-token ci          # prints the token once
+  shoal policy dash --add-user alice       # asks for the password on stdin
+  shoal policy api --rate-limit 100/min --allow-ip 10.0.0.0/8
+  shoal policy api --cors-origin https://notebook.example.com
+  shoal policy dash --public";
+
+/// More on `shoal share`, for its `--help`.
+const SHARE_HELP: &str = "\
+The link carries a signature over the app's name and the expiry. Opening it sets a cookie, so
+the page's own requests work too. `shoal policy NAME --rotate-share-key` revokes every link
+made before.";
+
+/// `shoal policy`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The app.
+    pub name: String,
+    /// Let anyone in (credentials are kept, unused).
+    #[arg(long, conflicts_with = "private")]
+    pub public: bool,
+    /// Let in only requests with a token, a user's password or a share link.
+    #[arg(long)]
+    pub private: bool,
+    /// Make a bearer token with this name; it is printed once.
+    #[arg(long, value_name = "NAME")]
+    pub add_token: Vec<String>,
+    /// Revoke the bearer token with this name.
+    #[arg(long, value_name = "NAME")]
+    pub revoke_token: Vec<String>,
+    /// Add a basic-auth user (or change its password); the password comes from --password
+    /// or one line of standard input. Only an Argon2 hash is stored.
+    #[arg(long, value_name = "USER")]
+    pub add_user: Option<String>,
+    /// The password for --add-user (visible to other local users in `ps`; prefer stdin).
+    #[arg(
+        long,
+        requires = "add_user",
+        env = "SHOAL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// Remove a basic-auth user.
+    #[arg(long, value_name = "USER")]
+    pub remove_user: Vec<String>,
+    /// Let in clients from this network (CIDR or address); once any is set, only those.
+    #[arg(long, value_name = "CIDR")]
+    pub allow_ip: Vec<String>,
+    /// Remove a network from the allowlist.
+    #[arg(long, value_name = "CIDR")]
+    pub remove_ip: Vec<String>,
+    /// Empty the allowlist: any client address.
+    #[arg(long)]
+    pub any_ip: bool,
+    /// Believe X-Forwarded-For from this proxy (CIDR or address).
+    #[arg(long, value_name = "CIDR")]
+    pub trusted_proxy: Vec<String>,
+    /// Believe no proxy's X-Forwarded-For.
+    #[arg(long)]
+    pub no_trusted_proxies: bool,
+    /// Requests per client address for the whole cluster: `100/min`, `10/s`, or `off`.
+    #[arg(long, value_name = "RATE")]
+    pub rate_limit: Option<String>,
+    /// Largest request body: `10MiB`, `512KiB`.
+    #[arg(long, value_name = "SIZE")]
+    pub max_body: Option<String>,
+    /// Allow browser calls from this origin (`https://host[:port]` or `*`); replaces the list.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
+    /// Turn CORS off.
+    #[arg(long, conflicts_with = "cors_origin")]
+    pub no_cors: bool,
+    /// Content-Security-Policy value, `default` or `off`.
+    #[arg(long, value_name = "VALUE")]
+    pub csp: Option<String>,
+    /// X-Frame-Options: `DENY`, `SAMEORIGIN`, `default` or `off`.
+    #[arg(long, value_name = "VALUE")]
+    pub frame_options: Option<String>,
+    /// Referrer-Policy value, `default` or `off`.
+    #[arg(long, value_name = "VALUE")]
+    pub referrer_policy: Option<String>,
+    /// Make a new share key: every share link made before stops working.
+    #[arg(long)]
+    pub rotate_share_key: bool,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `shoal share`.
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// The app.
+    pub name: String,
+    /// How long the link works: `30m`, `1h`, `7d` (1 second to 366 days).
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// Client flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `shoal runtime ...`.

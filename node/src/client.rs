@@ -20,6 +20,11 @@ use crate::manifest::Manifest;
 use crate::runs::{Run, RunState, Tick};
 use crate::tokens::admin_token_path;
 
+#[path = "client_policy.rs"]
+mod policy;
+
+pub use policy::{policy, share, token};
+
 /// The admin API, as one client sees it.
 struct ApiClient {
     base: String,

@@ -48,6 +48,9 @@ async fn run(command: CliCommand) -> anyhow::Result<()> {
         CliCommand::Logs(args) => shoal::client::logs(args).await,
         CliCommand::Runs(args) => shoal::client::runs(args).await,
         CliCommand::Run(args) => shoal::client::run(args).await,
+        CliCommand::Policy(args) => shoal::client::policy(args).await,
+        CliCommand::Share(args) => shoal::client::share(args).await,
+        CliCommand::Token(command) => shoal::client::token(command).await,
         CliCommand::Runtime(RuntimeCommand::Build { json }) => {
             shoal::client::runtime_build(json).await
         }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use shoal_proxy::policy::PolicySettings;
 use shoal_proxy::route::is_valid_app_name;
 
 use crate::cron::{CatchUp, Overlap, Retry, Schedule, SettingError};
@@ -61,6 +62,7 @@ struct RawManifest {
     static_files: Option<RawStatic>,
     resources: Option<RawResources>,
     scale: Option<RawScale>,
+    policy: Option<PolicySettings>,
 }
 
 /// A command as one shell-free string (split on whitespace) or as an argv array.
@@ -122,6 +124,9 @@ pub struct AppSpec {
     /// How a cron job's runs go (defaults for other kinds).
     #[serde(default)]
     pub job: JobSpec,
+    /// `[policy]`: the policy fields this release sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySettings>,
 }
 
 /// A cron job's settings besides its schedule.
@@ -301,6 +306,15 @@ fn validate(raw: RawManifest, name_override: Option<&str>) -> Result<AppSpec, St
         resources: resources(raw.resources)?,
         scale: scale(raw.scale)?,
         job,
+        policy: match raw.policy {
+            Some(policy) => {
+                policy
+                    .validate()
+                    .map_err(|error| format!("`[policy]`: {error}"))?;
+                Some(policy)
+            }
+            None => None,
+        },
     })
 }
 

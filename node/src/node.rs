@@ -18,8 +18,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use shoal_proxy::ingress::{AppDirectory, AppTarget, Backend, Ingress, IngressConfig};
+use shoal_proxy::gate::Gate;
+use shoal_proxy::ingress::{
+    AppDirectory, AppTarget, Backend, Ingress, IngressConfig, BODY_IDLE_TIMEOUT,
+};
 use shoal_proxy::metrics::IngressMetrics;
+use shoal_proxy::ratelimit::{sum_published, RateLimiter, PUBLISHED_ENTRIES};
 use shoal_proxy::route::prefix_for;
 use shoal_proxy::server::{self, ServerLimits};
 use shoal_proxy::static_files::StaticOptions;
@@ -30,7 +34,7 @@ use tracing::{info, warn};
 use crate::bundle::{BundleLimits, BundleStore};
 use crate::cluster::identity::{join_token_path, Identity};
 use crate::cluster::{join, Cluster, ClusterConfig};
-use crate::dataplane::view::WORKER_KEY;
+use crate::dataplane::view::{RATE_KEY, WORKER_KEY};
 use crate::dataplane::{DataPlane, ServiceRouter};
 use crate::manifest::AppKind;
 use crate::raft::state_machine::Replica;
@@ -145,6 +149,9 @@ pub struct Node {
     pub registry: Registry,
     bundle_bytes: Gauge<i64, AtomicI64>,
     ingress_metrics: IngressMetrics,
+    /// Counts requests per client for apps with a rate limit; shared with the other nodes
+    /// through gossip.
+    limiter: Arc<RateLimiter>,
     gossip_dropped: Family<DropLabels, Counter>,
     /// Runs service apps' instances.
     pub worker: Arc<Worker>,
@@ -221,6 +228,7 @@ impl Node {
             registry,
             bundle_bytes,
             ingress_metrics,
+            limiter: Arc::new(RateLimiter::default()),
             gossip_dropped,
             cluster: OnceLock::new(),
             once_named: std::sync::Mutex::default(),
@@ -377,6 +385,7 @@ impl Node {
         };
         AppTarget {
             release_id: release.digest.clone(),
+            policy: Arc::new(app.policy.clone()),
             backend,
         }
     }
@@ -420,6 +429,24 @@ impl Node {
             load.insert("mem_available_mib".into(), mib.to_string());
         }
         load
+    }
+
+    /// Publishes this node's busiest per-client request counts (the `rate` gossip key) and
+    /// hands the rate limiter what the other live nodes published.
+    fn share_rates(&self, cluster: &Cluster, load: &mut BTreeMap<String, String>) {
+        let now = unix_ms_now();
+        let published = self.limiter.publish(now, PUBLISHED_ENTRIES);
+        if !published.is_empty() {
+            load.insert(RATE_KEY.to_owned(), published);
+        }
+        let view = cluster.placement_view();
+        let me = cluster.identity.node_id;
+        let others = view
+            .rates
+            .iter()
+            .filter(|(node, _)| *node != me)
+            .map(|(_, text)| text.as_str());
+        self.limiter.set_remote(sum_published(others));
     }
 
     /// Copies gossip's drop counters into the Prometheus family.
@@ -529,8 +556,10 @@ pub async fn run(mut config: NodeConfig, shutdown: CancellationToken) -> anyhow:
         IngressConfig {
             domain: node.config.domain.clone(),
             node_name: node.config.node_name.clone(),
+            body_idle_timeout: BODY_IDLE_TIMEOUT,
         },
         node.ingress_metrics.clone(),
+        Arc::new(Gate::new(node.limiter.clone())),
     ));
     let limits = ServerLimits {
         drain_timeout: node.config.drain_timeout,
@@ -645,7 +674,9 @@ async fn follow_table(node: Arc<Node>, cluster: Arc<Cluster>, shutdown: Cancella
             () = cluster.bundle_arrived() => false,
             _ = tick.tick() => {
                 node.export_gossip_stats(&mut seen);
-                cluster.set_load(node.load().await);
+                let mut load = node.load().await;
+                node.share_rates(&cluster, &mut load);
+                cluster.set_load(load);
                 continue;
             }
         };

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use shoal_proxy::policy::Policy;
 
 use crate::manifest::{AppKind, AppSpec};
 use crate::runs::{Fire, JobRuns, Run, RunEnd, RunRefusal};
@@ -58,6 +59,26 @@ pub enum Command {
         worker: u64,
         /// When (Unix ms).
         at_ms: u64,
+    },
+    /// Replace an app's policy, if it is still at `base_version` (the version the proposer
+    /// read and changed): two concurrent changes cannot silently undo each other.
+    SetPolicy {
+        /// The app.
+        app: String,
+        /// The whole new policy.
+        policy: Box<Policy>,
+        /// The policy version the change was made from.
+        base_version: u64,
+    },
+    /// Add a deploy token: it grants the admin API for one app.
+    AddDeployToken {
+        /// The token (its hash only).
+        token: DeployToken,
+    },
+    /// Revoke a deploy token.
+    RevokeDeployToken {
+        /// Its id.
+        id: String,
     },
     /// A run ended (or was lost).
     RunEnded {
@@ -124,6 +145,35 @@ pub enum Applied {
         /// Why.
         reason: RunRefusal,
     },
+    /// An app's policy was replaced.
+    PolicySet {
+        /// The app.
+        app: String,
+        /// Its new policy version.
+        version: u64,
+    },
+    /// The policy changed since the proposer read it: nothing was changed; read and retry.
+    PolicyConflict {
+        /// The app.
+        app: String,
+        /// Its current policy version.
+        version: u64,
+    },
+    /// A deploy token was added.
+    TokenAdded {
+        /// Its id.
+        id: String,
+    },
+    /// A deploy token was revoked.
+    TokenRevoked {
+        /// Its id.
+        id: String,
+    },
+    /// No deploy token has this id (or one already has, when adding).
+    TokenRefused {
+        /// The id.
+        id: String,
+    },
     /// A raft-internal entry (a leader's blank entry or a membership change): the table did
     /// not change.
     Internal,
@@ -156,6 +206,29 @@ pub struct App {
     /// A cron job's runs.
     #[serde(default)]
     pub runs: JobRuns,
+    /// Who may reach the app (kept across releases; `[policy]` in a release's manifest sets
+    /// the fields it names).
+    #[serde(default)]
+    pub policy: Policy,
+    /// Bumped by every policy change.
+    #[serde(default)]
+    pub policy_version: u64,
+}
+
+/// A token that grants the admin API for one app only: what a notebook app holds to deploy
+/// what it made. Only a hash is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployToken {
+    /// Public id, the part of the token before its secret (`dt<hex>`).
+    pub id: String,
+    /// The app it grants.
+    pub app: String,
+    /// A label (`notebook`).
+    pub name: String,
+    /// SHA-256 of the whole token, hex.
+    pub sha256: String,
+    /// When it was made (Unix ms).
+    pub created_at_unix_ms: u64,
 }
 
 impl App {
@@ -180,6 +253,9 @@ pub struct AppTable {
     /// Nodes removed from raft for good.
     #[serde(default)]
     retired_nodes: BTreeSet<u64>,
+    /// Per-app deploy tokens, by id.
+    #[serde(default)]
+    deploy_tokens: BTreeMap<String, DeployToken>,
 }
 
 impl AppTable {
@@ -192,7 +268,19 @@ impl AppTable {
                 .collect(),
             last_applied,
             retired_nodes: BTreeSet::new(),
+            deploy_tokens: BTreeMap::new(),
         }
+    }
+
+    /// The same table with `tokens` as its deploy tokens (rebuilding from storage).
+    pub fn with_deploy_tokens(mut self, tokens: BTreeMap<String, DeployToken>) -> Self {
+        self.deploy_tokens = tokens;
+        self
+    }
+
+    /// Every deploy token, by id.
+    pub fn deploy_tokens(&self) -> &BTreeMap<String, DeployToken> {
+        &self.deploy_tokens
     }
 
     /// The same table with `retired` as its retired nodes (rebuilding from storage).
@@ -265,6 +353,41 @@ impl AppTable {
                         run_id: run_id.clone(),
                     })
             }),
+            Command::SetPolicy {
+                app,
+                policy,
+                base_version,
+            } => match self.apps.get_mut(app) {
+                None => Applied::NotFound { app: app.clone() },
+                Some(found) if found.policy_version != *base_version => Applied::PolicyConflict {
+                    app: app.clone(),
+                    version: found.policy_version,
+                },
+                Some(found) => {
+                    found.policy = (**policy).clone();
+                    found.policy_version += 1;
+                    Applied::PolicySet {
+                        app: app.clone(),
+                        version: found.policy_version,
+                    }
+                }
+            },
+            Command::AddDeployToken { token } => {
+                if self.deploy_tokens.contains_key(&token.id) {
+                    Applied::TokenRefused {
+                        id: token.id.clone(),
+                    }
+                } else {
+                    self.deploy_tokens.insert(token.id.clone(), token.clone());
+                    Applied::TokenAdded {
+                        id: token.id.clone(),
+                    }
+                }
+            }
+            Command::RevokeDeployToken { id } => match self.deploy_tokens.remove(id) {
+                Some(_) => Applied::TokenRevoked { id: id.clone() },
+                None => Applied::TokenRefused { id: id.clone() },
+            },
             Command::RunEnded { job, run_id, end } => self.with_job(job, |runs| {
                 runs.end(run_id, end).map(|()| Applied::RunUpdated {
                     job: job.clone(),
@@ -304,6 +427,8 @@ impl AppTable {
             created_at_unix_ms: at,
             releases: Vec::new(),
             runs: JobRuns::default(),
+            policy: Policy::default(),
+            policy_version: 0,
         });
         if let Some(current) = app.releases.last() {
             if current.digest == digest && current.spec == *spec {
@@ -314,6 +439,15 @@ impl AppTable {
             }
         }
         let version = app.releases.last().map_or(1, |r| r.version + 1);
+        // The release's `[policy]` sets the fields it names; the rest stays as it was.
+        if let Some(settings) = &spec.policy {
+            let mut policy = app.policy.clone();
+            settings.apply_to(&mut policy);
+            if policy != app.policy {
+                app.policy = policy;
+                app.policy_version += 1;
+            }
+        }
         app.releases.push(Release {
             version,
             digest: digest.to_owned(),
@@ -405,6 +539,92 @@ mod tests {
         assert_eq!(app.created_at_unix_ms, 100);
         assert_eq!(app.current().deployed_at_unix_ms, 400);
         assert_eq!(table.last_applied(), 4);
+    }
+
+    #[test]
+    fn a_policy_change_applies_only_at_the_version_it_was_made_from() {
+        use shoal_proxy::policy::{Access, Policy};
+        let mut table = AppTable::default();
+        table.apply(1, &deploy("a", "d1", 1));
+        let private = Policy {
+            access: Access::Private,
+            ..Policy::default()
+        };
+        let set = |base_version| Command::SetPolicy {
+            app: "a".into(),
+            policy: Box::new(private.clone()),
+            base_version,
+        };
+        assert_eq!(
+            table.apply(2, &set(0)),
+            Applied::PolicySet {
+                app: "a".into(),
+                version: 1
+            }
+        );
+        // A second change made from the same read lost the race: nothing changes.
+        assert_eq!(
+            table.apply(3, &set(0)),
+            Applied::PolicyConflict {
+                app: "a".into(),
+                version: 1
+            }
+        );
+        assert_eq!(table.get("a").unwrap().policy, private);
+        // A redeploy keeps the policy; a release's `[policy]` sets only what it names.
+        table.apply(4, &deploy("a", "d2", 4));
+        assert_eq!(table.get("a").unwrap().policy.access, Access::Private);
+        let mut with_policy = deploy("a", "d3", 5);
+        if let Command::Deploy { spec, .. } = &mut with_policy {
+            spec.policy = Some(toml::from_str("max_body = \"1KiB\"").unwrap());
+        }
+        table.apply(5, &with_policy);
+        let app = table.get("a").unwrap();
+        assert_eq!(
+            (app.policy.access, app.policy.max_body),
+            (Access::Private, 1024)
+        );
+        assert_eq!(app.policy_version, 2);
+        assert_eq!(
+            table.apply(6, &set(0)),
+            Applied::PolicyConflict {
+                app: "a".into(),
+                version: 2
+            }
+        );
+    }
+
+    #[test]
+    fn deploy_tokens_are_added_once_and_revoked() {
+        let mut table = AppTable::default();
+        let token = DeployToken {
+            id: "t1".into(),
+            app: "a".into(),
+            name: "n".into(),
+            sha256: "h".into(),
+            created_at_unix_ms: 0,
+        };
+        let add = Command::AddDeployToken {
+            token: token.clone(),
+        };
+        assert_eq!(
+            table.apply(1, &add),
+            Applied::TokenAdded { id: "t1".into() }
+        );
+        assert_eq!(
+            table.apply(2, &add),
+            Applied::TokenRefused { id: "t1".into() }
+        );
+        let revoke = Command::RevokeDeployToken { id: "t1".into() };
+        assert_eq!(
+            table.apply(3, &revoke),
+            Applied::TokenRevoked { id: "t1".into() }
+        );
+        assert_eq!(
+            table.apply(4, &revoke),
+            Applied::TokenRefused { id: "t1".into() }
+        );
+        assert!(table.deploy_tokens().is_empty());
     }
 
     #[test]

@@ -15,7 +15,10 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::forward::{forward, ForwardTarget, StreamHook};
+use crate::gate::Gate;
+use crate::limits::{guard_body, BodyCut};
 use crate::metrics::{IngressMetrics, NO_APP};
+use crate::policy::Policy;
 use crate::rewrite::PrefixRewriter;
 use crate::route::{self, prefix_for, Mode, Route};
 use crate::static_files::{self, StaticOptions};
@@ -35,6 +38,8 @@ pub trait AppDirectory: Send + Sync + 'static {
 pub struct AppTarget {
     /// Identifies the release's content (its bundle digest); part of every ETag.
     pub release_id: String,
+    /// Who may reach the app, checked before anything is served.
+    pub policy: Arc<Policy>,
     /// What serves it.
     pub backend: Backend,
 }
@@ -72,11 +77,7 @@ pub struct Client {
 /// Serves a service app's requests: on an instance of this node, or through another node.
 pub trait ServiceBackend: Send + Sync + std::fmt::Debug + 'static {
     /// Answers one request whose path is already the app's own.
-    fn serve(
-        &self,
-        request: Request<Incoming>,
-        client: Client,
-    ) -> BoxFuture<'static, Response<Body>>;
+    fn serve(&self, request: Request<Body>, client: Client) -> BoxFuture<'static, Response<Body>>;
 }
 
 /// What serves an app's requests.
@@ -105,7 +106,12 @@ pub struct IngressConfig {
     pub domain: String,
     /// This node's name, sent in `x-shoal-node`.
     pub node_name: String,
+    /// Longest silence while a client sends a request body; then the request fails (408).
+    pub body_idle_timeout: Duration,
 }
+
+/// Default of [`IngressConfig::body_idle_timeout`].
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The request handler shared by every connection of the ingress listener.
 pub struct Ingress {
@@ -113,6 +119,7 @@ pub struct Ingress {
     config: IngressConfig,
     node_header: HeaderValue,
     metrics: IngressMetrics,
+    gate: Arc<Gate>,
 }
 
 impl Ingress {
@@ -121,6 +128,7 @@ impl Ingress {
         directory: Arc<dyn AppDirectory>,
         config: IngressConfig,
         metrics: IngressMetrics,
+        gate: Arc<Gate>,
     ) -> Self {
         let node_header = HeaderValue::from_str(&config.node_name)
             .unwrap_or_else(|_| HeaderValue::from_static("shoal"));
@@ -129,6 +137,7 @@ impl Ingress {
             config,
             node_header,
             metrics,
+            gate,
         }
     }
 
@@ -142,11 +151,10 @@ impl Ingress {
             .and_then(|value| value.to_str().ok())
             .or_else(|| request.uri().host())
             .map(str::to_owned);
-        let route = self
-            .custom_domain_route(host.as_deref(), request.uri().path())
-            .unwrap_or_else(|| {
-                route::route(host.as_deref(), request.uri().path(), &self.config.domain)
-            });
+        let route = match self.custom_domain_route(host.as_deref(), request.uri().path()) {
+            Some(route) => route,
+            None => self.route(host.as_deref(), request.uri().path()),
+        };
         let (app_label, mut response) = match route {
             Route::Health => (NO_APP.to_owned(), text(StatusCode::OK, "ok")),
             Route::Ready if self.directory.is_ready() => {
@@ -157,6 +165,10 @@ impl Ingress {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
             ),
             Route::NotFound => (NO_APP.to_owned(), not_found_here()),
+            Route::UnknownHost => (
+                NO_APP.to_owned(),
+                text(StatusCode::NOT_FOUND, "unknown host"),
+            ),
             Route::AddTrailingSlash { app } => self.add_trailing_slash(app, &request),
             Route::App { app, mode, path } => match self.directory.lookup(&app) {
                 Some(target) => {
@@ -182,6 +194,19 @@ impl Ingress {
         response.map(|body| crate::body::with_guard(body, Box::new(in_flight)))
     }
 
+    /// Routes by the cluster's domain; a Host that is neither ours nor an address never
+    /// reaches an app (DNS rebinding, misdirected traffic): only health checks answer on it.
+    fn route(&self, host: Option<&str>, path: &str) -> Route {
+        match route::route(host, path, &self.config.domain) {
+            Route::App { .. } | Route::AddTrailingSlash { .. }
+                if !host.is_none_or(|host| route::is_known_host(host, &self.config.domain)) =>
+            {
+                Route::UnknownHost
+            }
+            route => route,
+        }
+    }
+
     fn custom_domain_route(&self, host: Option<&str>, path: &str) -> Option<Route> {
         let name = route::host_name(host?).to_ascii_lowercase();
         let app = self.directory.app_for_domain(&name)?;
@@ -198,17 +223,55 @@ impl Ingress {
         target: AppTarget,
         mode: Mode,
         path: &str,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
+        let admitted = match self
+            .gate
+            .admit(app, &target.policy, mode, &mut request, peer, unix_ms_now())
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
+        };
         let response = match &target.backend {
             Backend::Static { root, options } => {
                 let (parts, _body) = request.into_parts();
                 static_files::serve(root, &target.release_id, path, &parts, options).await
             }
-            Backend::Service(service) => serve_service(service.as_ref(), path, request, peer).await,
+            Backend::Service(service) => {
+                let (parts, body) = request.into_parts();
+                let (body, watch) = guard_body(
+                    body,
+                    Some(admitted.max_body()),
+                    self.config.body_idle_timeout,
+                );
+                let response = serve_service(
+                    service.as_ref(),
+                    path,
+                    Request::from_parts(parts, body),
+                    peer,
+                )
+                .await;
+                // The app (or the hop) failed because the client's body was cut off: say so.
+                match watch.cut() {
+                    Some(BodyCut::TooLarge) => {
+                        text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+                    }
+                    Some(BodyCut::TooSlow) => {
+                        let mut response =
+                            text(StatusCode::REQUEST_TIMEOUT, "request body too slow");
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                        response
+                    }
+                    None => response,
+                }
+            }
             Backend::Unavailable { reason } => unavailable(reason, Duration::from_secs(5)),
         };
+        let response = admitted.finish(response);
         match mode {
             Mode::Host => response,
             Mode::Prefix => PrefixRewriter::new(&prefix_for(app)).rewrite_response(response),
@@ -240,7 +303,7 @@ impl Ingress {
 async fn serve_service(
     service: &dyn ServiceBackend,
     path: &str,
-    mut request: Request<Incoming>,
+    mut request: Request<Body>,
     peer: SocketAddr,
 ) -> Response<Body> {
     // The app sees its own path: the `/apps/<app>` prefix is gone in prefix mode.
@@ -288,6 +351,13 @@ where
         }
     }
     Response::from_parts(parts, body::with_guard(body, lease.guard))
+}
+
+/// Now, as Unix milliseconds (the ingress is the shell that reads the clock for the gate).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Longest wait for an app's response headers.

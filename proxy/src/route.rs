@@ -37,6 +37,9 @@ pub enum Route {
     },
     /// Nothing here.
     NotFound,
+    /// An app request on a Host that is neither the cluster's domain, one of its apps, a
+    /// custom domain, an IP address nor `localhost`: answered 404, never forwarded.
+    UnknownHost,
 }
 
 /// The path prefix under which `app` is served in [`Mode::Prefix`].
@@ -88,6 +91,23 @@ fn app_from_host(host: &str, domain: &str) -> Option<String> {
     is_valid_app_name(app).then(|| app.to_owned())
 }
 
+/// Whether `host` (a Host header value) may carry app requests: the domain or a name under
+/// it, an IP address (clients that reach a node by address), or `localhost`. Custom domains
+/// are checked by the caller, who knows them.
+pub fn is_known_host(host: &str, domain: &str) -> bool {
+    let name = host_name(host);
+    if name.starts_with('[') || name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = name.to_ascii_lowercase();
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name == domain
+        || name
+            .strip_suffix(&domain)
+            .is_some_and(|rest| rest.ends_with('.'))
+}
+
 /// The host name of a Host header value, without port or trailing dot.
 pub fn host_name(host: &str) -> &str {
     strip_port(host).trim_end_matches('.')
@@ -119,6 +139,28 @@ pub fn is_valid_app_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_hosts_are_the_domain_its_names_addresses_and_localhost() {
+        for host in [
+            "apps.example.com",
+            "API.apps.example.com:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "10.1.2.3",
+            "localhost:8080",
+        ] {
+            assert!(is_known_host(host, "apps.example.com"), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "xapps.example.com",
+            "example.com",
+            "apps.example.com.evil",
+        ] {
+            assert!(!is_known_host(host, "apps.example.com"), "{host}");
+        }
+    }
 
     fn app(name: &str, mode: Mode, path: &str) -> Route {
         Route::App {

@@ -25,8 +25,6 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use http::request::Parts;
 use http::{Method, Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -252,15 +250,15 @@ impl DataPlane {
     async fn route(
         &self,
         router: &ServiceRouter,
-        request: Request<Incoming>,
+        request: Request<Body>,
         client: Client,
     ) -> Response<Body> {
         let Some(cluster) = self.cluster.get() else {
             return self.serve_here_or_refuse(router, request, client).await;
         };
         let retriable = is_retriable(&request);
-        let (parts, incoming) = request.into_parts();
-        let mut first = Some((parts.clone(), incoming.map_err(Into::into).boxed_unsync()));
+        let (parts, body) = request.into_parts();
+        let mut first = Some((parts.clone(), body));
         let mut excluded: Vec<u64> = Vec::new();
         for attempt in 0..ATTEMPTS {
             let node = match self.pick(cluster, &router.inner, &excluded) {
@@ -323,7 +321,7 @@ impl DataPlane {
     async fn serve_here_or_refuse(
         &self,
         router: &ServiceRouter,
-        request: Request<Incoming>,
+        request: Request<Body>,
         client: Client,
     ) -> Response<Body> {
         if self.runs_apps {
@@ -549,11 +547,7 @@ impl ServiceRouter {
 }
 
 impl ServiceBackend for ServiceRouter {
-    fn serve(
-        &self,
-        request: Request<Incoming>,
-        client: Client,
-    ) -> BoxFuture<'static, Response<Body>> {
+    fn serve(&self, request: Request<Body>, client: Client) -> BoxFuture<'static, Response<Body>> {
         let router = self.clone();
         Box::pin(async move { router.inner.plane.route(&router, request, client).await })
     }

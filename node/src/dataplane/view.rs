@@ -25,7 +25,13 @@ pub struct PlacementView {
     pub warm: BTreeMap<String, Vec<Warm>>,
     /// Where each member's QUIC endpoint listens.
     pub quic: BTreeMap<u64, SocketAddr>,
+    /// What each live member published of its per-client request counts (`rate`).
+    pub rates: Vec<(u64, String)>,
 }
+
+/// The gossip key of a node's busiest per-client request counts (see
+/// `shoal_proxy::ratelimit`).
+pub const RATE_KEY: &str = "rate";
 
 impl PlacementView {
     /// Parses gossip members (`node-<id>` names).
@@ -50,6 +56,9 @@ impl PlacementView {
                     .unwrap_or(0)
             };
             view.quic.insert(node, quic);
+            if let Some(rates) = member.keys.get(RATE_KEY).filter(|_| member.live) {
+                view.rates.push((node, rates.clone()));
+            }
             view.workers.push(WorkerLoad {
                 node,
                 live: member.live,

@@ -48,6 +48,7 @@ const MEMBERSHIP: &str = "membership";
 const SNAPSHOT_META: &str = "snapshot_meta";
 const SNAPSHOT_DATA: &str = "snapshot_data";
 const RETIRED_NODES: &str = "retired_nodes";
+const DEPLOY_TOKENS: &str = "deploy_tokens";
 
 /// What a snapshot's bytes hold (JSON). `T` is `&AppTable` when writing, `AppTable` when
 /// reading.
@@ -154,6 +155,7 @@ impl Replica {
             let mut meta = txn.open_table(META).or_storage(&write)?;
             put_json(&mut meta, TABLE_LAST_APPLIED, &table.last_applied())?;
             put_json(&mut meta, RETIRED_NODES, table.retired_nodes())?;
+            put_json(&mut meta, DEPLOY_TOKENS, table.deploy_tokens())?;
         }
         txn.commit().or_storage(&write)?;
         let index = table.last_applied();
@@ -260,6 +262,7 @@ impl Replica {
             let mut meta = txn.open_table(META).or_storage(&write)?;
             put_json(&mut meta, TABLE_LAST_APPLIED, &table.last_applied())?;
             put_json(&mut meta, RETIRED_NODES, table.retired_nodes())?;
+            put_json(&mut meta, DEPLOY_TOKENS, table.deploy_tokens())?;
             put_json(&mut meta, APPLIED_LOG_ID, &applied)?;
             put_json(&mut meta, MEMBERSHIP, membership)?;
         }
@@ -284,6 +287,7 @@ impl Replica {
             let mut meta = txn.open_table(META).or_storage(&write)?;
             put_json(&mut meta, TABLE_LAST_APPLIED, &table.last_applied())?;
             put_json(&mut meta, RETIRED_NODES, table.retired_nodes())?;
+            put_json(&mut meta, DEPLOY_TOKENS, table.deploy_tokens())?;
             put_json(&mut meta, APPLIED_LOG_ID, &snapshot.meta.last_log_id)?;
             put_json(&mut meta, MEMBERSHIP, &snapshot.meta.last_membership)?;
             put_snapshot(&mut meta, &snapshot)?;
@@ -331,7 +335,10 @@ fn app_name(command: &Command) -> Option<&str> {
     match command {
         Command::Deploy { spec, .. } => Some(&spec.name),
         Command::Delete { name } => Some(name),
-        Command::RetireNode { .. } => None,
+        Command::RetireNode { .. }
+        | Command::AddDeployToken { .. }
+        | Command::RevokeDeployToken { .. } => None,
+        Command::SetPolicy { app, .. } => Some(app),
         Command::Fire { job, .. }
         | Command::RunStarted { job, .. }
         | Command::RunEnded { job, .. } => Some(job),
@@ -412,7 +419,8 @@ fn load(db: &Database) -> Result<ReplicaState, StorageError> {
         ReplicaState {
             table: Arc::new(
                 AppTable::from_parts(apps, table_last_applied)
-                    .with_retired_nodes(get_json(&meta, RETIRED_NODES)?.unwrap_or_default()),
+                    .with_retired_nodes(get_json(&meta, RETIRED_NODES)?.unwrap_or_default())
+                    .with_deploy_tokens(get_json(&meta, DEPLOY_TOKENS)?.unwrap_or_default()),
             ),
             applied: get_json::<Option<LogId>>(&meta, APPLIED_LOG_ID)?.flatten(),
             membership: get_json(&meta, MEMBERSHIP)?.unwrap_or_default(),

@@ -383,3 +383,60 @@ async fn a_retired_node_is_kept_in_memory_and_on_disk() {
     );
     assert_eq!(replica.applied_index(), 1);
 }
+
+#[tokio::test]
+async fn policies_and_deploy_tokens_survive_reopening() {
+    use shoal_proxy::policy::{Access, Policy};
+
+    use crate::state::DeployToken;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let private = Policy {
+        access: Access::Private,
+        ..Policy::default()
+    };
+    let token = DeployToken {
+        id: "abc".into(),
+        app: "a".into(),
+        name: "notebook".into(),
+        sha256: "00".repeat(32),
+        created_at_unix_ms: 7,
+    };
+    {
+        let (_replica, mut sm) = open(&path);
+        let responses = sm
+            .apply([
+                deploy(1, "a", "d1"),
+                entry(
+                    2,
+                    EntryPayload::Normal(Command::SetPolicy {
+                        app: "a".into(),
+                        policy: Box::new(private.clone()),
+                        base_version: 0,
+                    }),
+                ),
+                entry(
+                    3,
+                    EntryPayload::Normal(Command::AddDeployToken {
+                        token: token.clone(),
+                    }),
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            responses[1],
+            Applied::PolicySet {
+                app: "a".into(),
+                version: 1
+            }
+        );
+        assert_eq!(responses[2], Applied::TokenAdded { id: "abc".into() });
+    }
+    let (replica, _) = open(&path);
+    let table = replica.table();
+    assert_eq!(table.get("a").unwrap().policy, private);
+    assert_eq!(table.get("a").unwrap().policy_version, 1);
+    assert_eq!(table.deploy_tokens().get("abc"), Some(&token));
+}
