@@ -91,6 +91,21 @@ stop_system_nginx() {
     fi
 }
 
+# cargo-fuzz for scripts/fuzz.sh, built from crates.io with the stable toolchain. libfuzzer-sys
+# compiles libFuzzer's C++ sources, so a C++ compiler comes with it.
+install_cargo_fuzz() {
+    if ! have c++; then
+        apt_install g++
+    fi
+    if cargo fuzz --version >/dev/null 2>&1; then
+        log "cargo-fuzz already installed: $(cargo fuzz --version)"
+        return
+    fi
+    log "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+    log "installed $(cargo fuzz --version)"
+}
+
 main() {
     if [ "$(id -u)" -ne 0 ]; then
         log "run as root (it installs Debian packages)"
@@ -98,6 +113,7 @@ main() {
     fi
     install_chromium
     install_bench_tools
+    install_cargo_fuzz
 }
 
 main "$@"

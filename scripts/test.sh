@@ -24,8 +24,17 @@ set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+
+# Fuzzing runs whatever the tests did; its failure fails the run too.
+echo "==> fuzz"
+fuzz_status=0
+scripts/fuzz.sh || fuzz_status=$?
+
 # cargo prints one summary per test binary (the last is often an empty doc-test run);
 # close with the total, so the last line tells what the whole suite did.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+if [ "$status" -eq 0 ]; then
+    status=$fuzz_status
+fi
 exit "$status"

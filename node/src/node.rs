@@ -435,10 +435,10 @@ impl Node {
     /// hands the rate limiter what the other live nodes published.
     fn share_rates(&self, cluster: &Cluster, load: &mut BTreeMap<String, String>) {
         let now = unix_ms_now();
+        // Published even when empty: gossip keeps a key until it is overwritten, and a stale
+        // count would go on limiting a client elsewhere.
         let published = self.limiter.publish(now, PUBLISHED_ENTRIES);
-        if !published.is_empty() {
-            load.insert(RATE_KEY.to_owned(), published);
-        }
+        load.insert(RATE_KEY.to_owned(), published);
         let view = cluster.placement_view();
         let me = cluster.identity.node_id;
         let others = view

@@ -1,8 +1,14 @@
-//! `shoal-sim`: deterministic simulation of whole Shoal clusters.
+//! `shoal-sim`: deterministic simulation of Shoal clusters on virtual time (DESIGN §8).
 //!
-//! Planned layout: a harness that runs several real nodes in one process on virtual time
-//! with a simulated network, clock, container runtime and disk; workloads and fault
-//! injection driven by one seed; one pure checker per invariant of DESIGN.md §8; and a
-//! cheap event loop that drives the placement logic alone for a thousand nodes.
+//! Layout:
+//! - `fleet`: the cheap event loop. It drives the real placement decision
+//!   (`shoal_mesh::placement::place`) for a thousand nodes and ten thousand apps under skewed
+//!   traffic, with modelled instance pools (single-flight starts, scale-out, idle pause and
+//!   stop) and gossip that reaches each node a few rounds late; it reports instance and node
+//!   load balance and cold starts. `shoal-sim balance` runs it.
 //!
-//! It holds only this map until the control plane and data plane exist to simulate.
+//! Planned beside it: a harness that runs several real nodes in one process on virtual time
+//! with a simulated network, clock, container runtime and disk; workloads and fault injection
+//! driven by one seed; and one pure checker per invariant of DESIGN §8 (`shoal-sim --seeds N`).
+
+pub mod fleet;
