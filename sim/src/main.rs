@@ -1,0 +1,337 @@
+//! `shoal-sim`: runs simulations and prints what they measured.
+//!
+//! With no subcommand it is reserved for whole-cluster runs (`--seeds N`), not built yet.
+//! `shoal-sim balance` runs the fleet loop (placement at scale) and prints its figures.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use shoal_sim::fleet::{self, Config, GossipLag, Report};
+
+/// Deterministic simulations of Shoal clusters.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-sim", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Whole-cluster runs: how many seeds (not built yet).
+    #[arg(long)]
+    seeds: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Placement at scale: load balance and cold starts under Zipf traffic.
+    Balance(BalanceArgs),
+}
+
+/// The fleet loop's parameters (defaults: `shoal_sim::fleet::Config::default()`).
+#[derive(Debug, Args)]
+struct BalanceArgs {
+    /// Nodes, each an ingress and a worker.
+    #[arg(long, default_value_t = 1_000)]
+    nodes: usize,
+    /// Apps (all service apps).
+    #[arg(long, default_value_t = 10_000)]
+    apps: usize,
+    /// Virtual seconds to simulate.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Seed of the run's RNG.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Zipf exponent of app popularity (0 = uniform).
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Requests per second over the whole cluster (Poisson).
+    #[arg(long, default_value_t = 50_000.0)]
+    rate: f64,
+    /// Mean service time (exponential), e.g. `20ms`.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    service: Duration,
+    /// Time from start to ready of an instance, e.g. `500ms`.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    cold_start: Duration,
+    /// Time to thaw a paused instance.
+    #[arg(long, default_value = "25ms", value_parser = humantime::parse_duration)]
+    wake: Duration,
+    /// `scale.concurrency_target` of every app.
+    #[arg(long, default_value_t = 10)]
+    concurrency_target: u32,
+    /// `scale.max` of every app (instances per worker, and nodes holding it).
+    #[arg(long, default_value_t = 64)]
+    scale_max: u32,
+    /// `scale.pause_after`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pause_after: Duration,
+    /// `scale.idle_timeout`.
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Concurrent requests a node serves before queueing them (0 = unlimited).
+    #[arg(long, default_value_t = 64)]
+    capacity: u32,
+    /// Gossip lag: `epidemic` (push-pull, fanout 3), `epidemic:F`, or a fixed number of rounds.
+    #[arg(long, default_value = "epidemic", value_parser = parse_lag)]
+    gossip_lag: GossipLag,
+    /// Balance window.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// How many of the most popular apps count as hot.
+    #[arg(long, default_value_t = 10)]
+    hot_apps: usize,
+    /// What-if, not today's code: gossip each app's in-flight per instance, emulating a
+    /// placement that weighs holders per instance (see `Config::what_if_per_instance_load`).
+    #[arg(long)]
+    what_if_per_instance_load: bool,
+    /// What-if, not today's code: the worker's pool breaks ties between equally loaded
+    /// instances by longest idle instead of lowest id.
+    #[arg(long)]
+    what_if_spread_ties: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_lag(text: &str) -> Result<GossipLag, String> {
+    let fanout = match text {
+        "epidemic" => Some(3),
+        _ => text
+            .strip_prefix("epidemic:")
+            .map(str::parse)
+            .transpose()
+            .map_err(|_| {
+                format!("`{text}`: the fanout after `epidemic:` must be a whole number")
+            })?,
+    };
+    if let Some(fanout) = fanout {
+        return Ok(GossipLag::Epidemic { fanout });
+    }
+    text.parse()
+        .map(|rounds| GossipLag::Fixed { rounds })
+        .map_err(|_| format!("`{text}`: expected `epidemic`, `epidemic:F` or rounds (0-255)"))
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl BalanceArgs {
+    fn config(&self) -> Config {
+        Config {
+            nodes: self.nodes,
+            apps: self.apps,
+            duration: self.seconds.saturating_mul(1_000_000),
+            seed: self.seed,
+            zipf_exponent: self.zipf,
+            rate: self.rate,
+            service_mean: micros(self.service),
+            cold_start: micros(self.cold_start),
+            wake: micros(self.wake),
+            concurrency_target: self.concurrency_target,
+            scale_max: self.scale_max,
+            pause_after: micros(self.pause_after),
+            idle_timeout: micros(self.idle_timeout),
+            node_capacity: self.capacity,
+            gossip_lag: self.gossip_lag,
+            window: micros(self.window),
+            hot_apps: self.hot_apps,
+            what_if_per_instance_load: self.what_if_per_instance_load,
+            what_if_spread_ties: self.what_if_spread_ties,
+            ..Config::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Balance(args)) => match balance(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            let _ = cli.seeds;
+            eprintln!(
+                "whole-cluster simulation not built yet; `shoal-sim balance` runs the \
+                 placement loop (see `shoal-sim balance --help`)"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The report, plus the wall-clock time the run took (which no figure depends on).
+#[derive(serde::Serialize)]
+struct JsonOutput<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    runtime_s: f64,
+}
+
+fn balance(args: &BalanceArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let report = fleet::run(&args.config())?;
+    let elapsed = started.elapsed();
+    let text = if args.json {
+        let output = JsonOutput {
+            report: &report,
+            runtime_s: (elapsed.as_secs_f64() * 100.0).round() / 100.0,
+        };
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&output).context("report to JSON")?
+        )
+    } else {
+        format!(
+            "{}runtime {:.1} s (wall clock)\n",
+            render(&report),
+            elapsed.as_secs_f64()
+        )
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing the report")
+}
+
+fn what_ifs(c: &fleet::metrics::Conditions) -> String {
+    let mut labels = Vec::new();
+    if c.what_if_per_instance_load {
+        labels.push("per-instance warm load");
+    }
+    if c.what_if_spread_ties {
+        labels.push("pool ties to longest idle");
+    }
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!(" [WHAT-IF, not today's code: {}]", labels.join(", "))
+    }
+}
+
+fn render(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let c = &report.conditions;
+    let r = &report.requests;
+    let d = &report.decisions;
+    let n = &report.node_balance;
+    let s = &report.cold_starts;
+    let _ = writeln!(
+        out,
+        "fleet: {} nodes, {} apps, {} s, seed {}, zipf {}, {} req/s, service {} ms, cold start {} ms{}",
+        c.nodes, c.apps, c.seconds, c.seed, c.zipf, c.rate, c.service_ms, c.cold_start_ms,
+        what_ifs(c)
+    );
+    let _ = writeln!(
+        out,
+        "       target {}, scale.max {}, pause {} s, idle {} s, capacity {}, gossip {} ms {} (mean {} rounds, max {})",
+        c.concurrency_target, c.scale_max, c.pause_after_s, c.idle_timeout_s, c.node_capacity,
+        c.gossip_round_ms, c.gossip_lag, c.gossip_lag_mean_rounds, c.gossip_lag_max_rounds
+    );
+    render_balances(report, &mut out);
+    let _ = writeln!(
+        out,
+        "node balance: requests at a node max/mean {:.2} (worst round {:.2}), p99/mean {:.2}; served over the run max/mean {:.2}, p99/mean {:.2}",
+        n.in_flight_max_over_mean, n.in_flight_max_over_mean_worst, n.in_flight_p99_over_mean,
+        n.served_max_over_mean, n.served_p99_over_mean
+    );
+    let _ = writeln!(
+        out,
+        "requests: {} arrived, {} completed, {} unfinished; rejected {} (queue full) + {} (deadline), {} of them after the first window; {} no worker",
+        r.arrived, r.completed, r.unfinished, r.rejected_queue_full, r.rejected_deadline,
+        r.rejected_after_first_window, r.no_worker
+    );
+    let _ = writeln!(
+        out,
+        "    waited for a start {} (mean {:.0} ms, max {:.0} ms); queued for a slot {}; latency p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms",
+        r.waited_for_start, r.wait_for_start_mean_ms, r.wait_for_start_max_ms, r.waited_for_capacity,
+        r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms
+    );
+    let _ = writeln!(
+        out,
+        "decisions: {} warm, {} spawn, {} scale-out; {} warm with every holder at target",
+        d.warm, d.spawn, d.scale_out, d.saturated_warm
+    );
+    let _ = writeln!(
+        out,
+        "cold starts: {} ({} first, {} duplicate, {} scale-out; after the first window {}/{}/{}), {} wakes",
+        s.total, s.first, s.duplicate, s.scale, s.after_first_window[0],
+        s.after_first_window[1], s.after_first_window[2], s.wakes
+    );
+    let _ = writeln!(
+        out,
+        "    hot apps {}, tail {} over {} requested apps ({:.2} each, {} started more than once, most {} for rank {})",
+        s.top_total, s.tail_total,
+        s.tail_apps_requested, s.tail_per_requested_app, s.tail_apps_started_more_than_once,
+        s.tail_max, s.tail_max_rank
+    );
+    for app in &s.top_apps {
+        let _ = writeln!(
+            out,
+            "    rank {:>2}: {:>8} requests, {:>3} cold starts, {:>3} wakes, {:>3} holders / {:>3} instances at the end",
+            app.rank, app.requests, app.cold_starts, app.wakes, app.holders_at_end, app.instances_at_end
+        );
+    }
+    let _ = writeln!(out, "events {}, trace {}", report.events, report.trace_hash);
+    out
+}
+
+/// The balance lines: per instance, per holder and within a holder (see `fleet::metrics`).
+fn render_balances(report: &Report, out: &mut String) {
+    use std::fmt::Write as _;
+    for (label, unit, b) in [
+        (
+            "instance balance, hot apps",
+            "instances",
+            &report.instance_balance_hot,
+        ),
+        (
+            "instance balance, all apps",
+            "instances",
+            &report.instance_balance_all,
+        ),
+        (
+            "holder balance, hot apps",
+            "holders",
+            &report.holder_balance_hot,
+        ),
+        (
+            "holder balance, all apps",
+            "holders",
+            &report.holder_balance_all,
+        ),
+        (
+            "within one holder, hot apps",
+            "instances",
+            &report.within_holder_balance_hot,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "{label} ({} s windows): max/mean {:.3}, p99/mean {:.3}, mean of max/mean {:.3} ({} app-windows, {} {unit}-windows)",
+            report.conditions.window_s, b.max_over_mean, b.p99_over_mean, b.mean_max_over_mean, b.app_windows, b.instance_windows
+        );
+        if let Some(w) = &b.worst {
+            let _ = writeln!(
+                out,
+                "    worst: app rank {} in the window from {} s, {} {unit}, busiest {} vs mean {:.1}",
+                w.app_rank, w.window_start_s, w.instances, w.busiest, w.mean
+            );
+        }
+        if !label.contains("all apps") {
+            let series: Vec<String> = b
+                .max_over_mean_by_window
+                .iter()
+                .map(|(start, max)| format!("{start}s {max:.2}"))
+                .collect();
+            let _ = writeln!(out, "    by window: {}", series.join(", "));
+        }
+    }
+}
