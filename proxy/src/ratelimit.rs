@@ -277,6 +277,66 @@ mod tests {
         assert!(admitted < expected * 2);
     }
 
+    /// Three nodes sharing counts every `gossip_ms`; `node_of(step)` says which node gets the
+    /// step's request (10 ms apart). Returns the requests admitted.
+    fn cluster_admits(
+        seconds: u64,
+        rate: &str,
+        gossip_ms: u64,
+        node_of: impl Fn(u64) -> usize,
+    ) -> usize {
+        let nodes: Vec<RateLimiter> = (0..3).map(|_| RateLimiter::default()).collect();
+        let client = ip("198.51.100.7");
+        let mut published = vec![String::new(); 3];
+        let mut admitted = 0;
+        for step in 0..seconds * 100 {
+            let now = step * 10;
+            if now % gossip_ms == 0 {
+                for (i, node) in nodes.iter().enumerate() {
+                    published[i] = node.publish(now, PUBLISHED_ENTRIES);
+                }
+                for (i, node) in nodes.iter().enumerate() {
+                    let others = published
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, text)| text.as_str());
+                    node.set_remote(sum_published(others));
+                }
+            }
+            if nodes[node_of(step)]
+                .check("api", client, limit(rate), now)
+                .is_ok()
+            {
+                admitted += 1;
+            }
+        }
+        admitted
+    }
+
+    #[test]
+    fn however_the_client_spreads_the_cluster_admits_the_rate_within_a_fifth() {
+        let expected = 20.0 * 30.0;
+        let spreads: [(&str, fn(u64) -> usize); 3] = [
+            ("all on one node", |_| 0),
+            ("70/20/10", |step| match step % 10 {
+                0..=6 => 0,
+                7 | 8 => 1,
+                _ => 2,
+            }),
+            ("switching node every second", |step| {
+                ((step / 100) % 3) as usize
+            }),
+        ];
+        for (name, spread) in spreads {
+            let admitted = cluster_admits(30, "20/s", 250, spread) as f64;
+            assert!(
+                (admitted - expected).abs() <= expected * 0.2,
+                "{name}: admitted {admitted}, expected about {expected}"
+            );
+        }
+    }
+
     #[test]
     fn published_text_is_bounded_ordered_and_parses_back() {
         let limiter = RateLimiter::default();
