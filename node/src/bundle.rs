@@ -486,7 +486,7 @@ fn show_path(path: &Path) -> String {
 
 /// Escapes control characters and shortens long names, since the text ends up in logs and
 /// terminals.
-fn show_bytes(bytes: &[u8]) -> String {
+pub(crate) fn show_bytes(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut shown: String = text.escape_debug().take(MAX_SHOWN_NAME_CHARS).collect();
     if shown.len() < text.escape_debug().map(char::len_utf8).sum() {

@@ -57,8 +57,10 @@ pub(super) fn unpack_archive(
     result
 }
 
+/// The archive reader's complaint, escaped: it quotes header bytes and entry names from the
+/// upload, which must not put control characters into logs and terminals.
 fn invalid_archive(err: impl ToString) -> BundleError {
-    BundleError::InvalidArchive(err.to_string())
+    BundleError::InvalidArchive(super::show_bytes(err.to_string().as_bytes()))
 }
 
 /// Cuts the decompressed stream off past a byte budget, so a bomb is caught whatever sizes its

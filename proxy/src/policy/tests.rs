@@ -340,3 +340,23 @@ fn query_and_cookie_helpers_remove_only_the_named_entry() {
     );
     assert_eq!(cookie_value(&map, "b").as_deref(), Some("2"));
 }
+
+#[test]
+fn password_hashes_with_unbounded_costs_are_refused() {
+    let salt = "c29tZXNhbHRzb21lc2FsdA";
+    let ok = format!(
+        "$argon2id$v=19$m=19456,t=2,p=1${salt}$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    );
+    assert!(check_hash(&ok).is_ok(), "{:?}", check_hash(&ok));
+    for costly in [
+        "m=1048576,t=2,p=1",
+        "m=19456,t=4294967295,p=1",
+        "m=19456,t=2,p=944492962",
+        "m=19456,t=2,p=1,t=99",
+    ] {
+        let hash =
+            format!("$argon2id$v=19${costly}${salt}$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        assert!(check_hash(&hash).is_err(), "{costly} accepted");
+        assert!(!verify_password("x", &hash), "{costly} verified");
+    }
+}
