@@ -317,7 +317,8 @@ mod tests {
     #[test]
     fn however_the_client_spreads_the_cluster_admits_the_rate_within_a_fifth() {
         let expected = 20.0 * 30.0;
-        let spreads: [(&str, fn(u64) -> usize); 3] = [
+        type Spread = fn(u64) -> usize;
+        let spreads: [(&str, Spread); 3] = [
             ("all on one node", |_| 0),
             ("70/20/10", |step| match step % 10 {
                 0..=6 => 0,
