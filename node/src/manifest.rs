@@ -497,23 +497,8 @@ fn scale(raw: Option<RawScale>) -> Result<Scale, String> {
     Ok(scale)
 }
 
-/// "256MiB", "1GiB", "512M", "1048576" -> bytes.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return None,
-    };
-    number.checked_mul(multiplier)
-}
+/// "256MiB", "1GiB", "512M", "1048576" -> bytes (the policy's sizes read the same way).
+pub use shoal_proxy::policy::parse_size;
 
 #[cfg(test)]
 mod tests {

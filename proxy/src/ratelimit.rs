@@ -242,32 +242,9 @@ mod tests {
 
     #[test]
     fn counts_published_by_other_nodes_share_the_limit() {
-        // Three nodes; the client spreads its requests round robin; each node sees what the
-        // others published 200 ms ago.
-        let nodes: Vec<RateLimiter> = (0..3).map(|_| RateLimiter::default()).collect();
-        let client = ip("198.51.100.7");
-        let mut admitted = 0;
-        let mut published = vec![String::new(); 3];
-        for step in 0..3_000u64 {
-            let now = step * 10; // 100 requests/s for 30 s against 20/s
-            if now % 200 == 0 {
-                for (i, node) in nodes.iter().enumerate() {
-                    published[i] = node.publish(now, PUBLISHED_ENTRIES);
-                }
-                for (i, node) in nodes.iter().enumerate() {
-                    let others = published
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .map(|(_, text)| text.as_str());
-                    node.set_remote(sum_published(others));
-                }
-            }
-            let node = &nodes[(step % 3) as usize];
-            if node.check("api", client, limit("20/s"), now).is_ok() {
-                admitted += 1;
-            }
-        }
+        // 100 requests/s for 30 s against 20/s, round robin over three nodes that see what
+        // the others published 200 ms ago.
+        let admitted = cluster_admits(30, "20/s", 200, |step| (step % 3) as usize);
         let expected = 20 * 30;
         assert!(
             (admitted as f64 - expected as f64).abs() <= expected as f64 * 0.2,
