@@ -116,7 +116,7 @@ async fn route(
         (Method::POST, ["apps", name, "runs"]) => trigger_run(node, name).await,
         (Method::GET, ["apps", name, "policy"]) => {
             let table = read_table(node, consistent(&request)).await?;
-            policy::show(node, name, &table).await
+            policy::show(name, &table)
         }
         (Method::PATCH, ["apps", name, "policy"]) => policy::patch(node, name, request).await,
         (Method::POST, ["apps", name, "share"]) => policy::share(node, name, request).await,

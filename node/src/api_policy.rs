@@ -427,12 +427,7 @@ async fn change_policy<T>(
 }
 
 /// `GET /v1/apps/NAME/policy`.
-pub(super) async fn show(
-    node: &Node,
-    name: &str,
-    table: &AppTable,
-) -> Result<Response<Body>, ApiError> {
-    let _ = node;
+pub(super) fn show(name: &str, table: &AppTable) -> Result<Response<Body>, ApiError> {
     let app = table.get(name).ok_or_else(|| no_such_app(name))?;
     Ok(json_response(StatusCode::OK, &PolicyView::of(app)))
 }

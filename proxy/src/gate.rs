@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::body::Body;
 use crate::ingress::text;
+use crate::limits::declared_length;
 use crate::policy::{
     cookies_without, query_without, share_cookie_name, verify_password, Auth, HeaderRule, Identity,
     Policy, Preflight, Refusal, SHARE_PARAM,
@@ -90,9 +91,11 @@ impl Gate {
         peer: SocketAddr,
         now_unix_ms: u64,
     ) -> Result<Admitted, Response<Body>> {
-        let origin = request
-            .headers()
-            .get("origin")
+        // Only a CORS policy answers to the Origin.
+        let origin = policy
+            .cors
+            .as_ref()
+            .and_then(|_| request.headers().get("origin"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let refuse = |refusal: Refusal, retry_after: Option<Duration>| {
@@ -150,12 +153,9 @@ impl Gate {
                 }
             }
         };
-        let declared = request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        policy.body_allowed(declared).map_err(|r| refuse(r, None))?;
+        policy
+            .body_allowed(declared_length(request.headers()))
+            .map_err(|r| refuse(r, None))?;
         let set_cookie = prepare_for_app(app, mode, &identity, request, now_unix_ms);
         Ok(Admitted {
             policy: policy.clone(),

@@ -162,10 +162,8 @@ impl Inner {
             .windows
             .iter()
             .map(|(key, window)| {
-                (
-                    now_ms / window.period_ms - window.index.min(now_ms / window.period_ms),
-                    key.clone(),
-                )
+                let age = (now_ms / window.period_ms).saturating_sub(window.index);
+                (age, key.clone())
             })
             .collect();
         ages.sort_by(|a, b| b.cmp(a));
