@@ -5,6 +5,8 @@
 //!   keys, graceful leave, a change counter.
 //! - `seal`: the gossip key, the sealed datagram envelope (AEAD, freshness, replay cache) and
 //!   the chitchat transport that seals every datagram.
+//! - `link`: the seam every node-to-node stream goes through ([`link::PeerLink`],
+//!   [`link::StreamHandler`]): QUIC in production, in-memory pipes in the simulator.
 //! - `quic`: the quinn endpoint: the pool of mutually authenticated peer connections, framed
 //!   calls, and the one-request join protocol for nodes without a certificate yet.
 //! - `stream_http`: HTTP/1.1 over one QUIC bidirectional stream, one exchange per stream
@@ -17,6 +19,7 @@
 //! type config it implements, in the node crate (`shoal::raft::network`).
 
 pub mod gossip;
+pub mod link;
 pub mod pki;
 pub mod placement;
 pub mod quic;

@@ -29,6 +29,8 @@ use quinn::{
 use rustls::pki_types::CertificateDer;
 use tracing::{debug, info, warn};
 
+pub use crate::link::StreamHandler;
+use crate::link::{LinkRecv, LinkSend, PeerLink};
 use crate::pki::{self, NodeIdentity, PkiError, ALPN, JOIN_ALPN};
 
 /// Default interval between keep-alive packets on an otherwise quiet connection.
@@ -202,14 +204,6 @@ impl QuicConfig {
     }
 }
 
-/// Handles every authenticated bidi stream. `kind` is the first byte the opener wrote.
-#[async_trait]
-pub trait StreamHandler: Send + Sync + 'static {
-    /// Serves one stream from node `peer` (its id comes from its verified certificate); runs
-    /// on its own task. A [`QuicNode::call`] expects [`read_request`] then [`respond`].
-    async fn handle(&self, peer: u64, kind: u8, send: SendStream, recv: RecvStream);
-}
-
 /// Answers join requests from nodes without a certificate (one request per connection).
 #[async_trait]
 pub trait JoinHandler: Send + Sync + 'static {
@@ -327,7 +321,7 @@ impl QuicNode {
         peer: u64,
         addr: SocketAddr,
         kind: u8,
-    ) -> Result<(SendStream, RecvStream), QuicError> {
+    ) -> Result<(LinkSend, LinkRecv), QuicError> {
         let (connection, fresh) = self.connection(peer, addr).await?;
         match open_stream(&connection, kind).await {
             // The pooled connection died after the check: one fresh dial, never more.
@@ -337,6 +331,7 @@ impl QuicNode {
             }
             outcome => outcome,
         }
+        .map(|(send, recv)| (LinkSend::Quic(send), LinkRecv::Quic(recv)))
     }
 
     /// Request/response on one stream: writes `kind`, a length-prefixed frame, finishes; reads one frame back. Bounded by `timeout`.
@@ -354,7 +349,7 @@ impl QuicNode {
         let exchange = async {
             let (mut send, mut recv) = self.open(peer, addr, kind).await?;
             write_frame(&mut send, request).await?;
-            send.finish().map_err(|_| closed_stream())?;
+            send.finish()?;
             read_frame(&mut recv, MAX_CALL_RESPONSE).await
         };
         tokio::time::timeout(timeout, exchange)
@@ -450,6 +445,42 @@ impl QuicNode {
     }
 }
 
+#[async_trait]
+impl PeerLink for QuicNode {
+    fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn dials(&self) -> u64 {
+        QuicNode::dials(self)
+    }
+
+    async fn open(
+        &self,
+        peer: u64,
+        addr: SocketAddr,
+        kind: u8,
+    ) -> Result<(LinkSend, LinkRecv), QuicError> {
+        QuicNode::open(self, peer, addr, kind).await
+    }
+
+    fn forget(&self, peer: u64) {
+        QuicNode::forget(self, peer);
+    }
+
+    fn close(&self, peer: u64) {
+        QuicNode::close(self, peer);
+    }
+
+    async fn shutdown(&self) {
+        QuicNode::shutdown(self).await;
+    }
+}
+
 impl Drop for QuicNode {
     /// Closes the endpoint so that its socket is released once the closes have been sent.
     fn drop(&mut self) {
@@ -460,20 +491,38 @@ impl Drop for QuicNode {
 }
 
 /// Writes a frame: the length as a big-endian u32, then the bytes.
-pub async fn write_frame(send: &mut SendStream, bytes: &[u8]) -> Result<(), QuicError> {
+pub async fn write_frame(send: &mut LinkSend, bytes: &[u8]) -> Result<(), QuicError> {
     let len = u32::try_from(bytes.len()).map_err(|_| QuicError::FrameTooLarge {
         len: bytes.len(),
         max: u32::MAX as usize,
     })?;
-    send.write_all(&len.to_be_bytes())
-        .await
-        .map_err(write_error)?;
-    send.write_all(bytes).await.map_err(write_error)
+    match send {
+        LinkSend::Quic(send) => {
+            send.write_all(&len.to_be_bytes())
+                .await
+                .map_err(write_error)?;
+            send.write_all(bytes).await.map_err(write_error)
+        }
+        LinkSend::Pipe(send) => {
+            use tokio::io::AsyncWriteExt;
+            send.write_all(&len.to_be_bytes())
+                .await
+                .map_err(pipe_error)?;
+            send.write_all(bytes).await.map_err(pipe_error)
+        }
+    }
 }
 
 /// Reads one frame written by [`write_frame`]; refuses a frame over `max` bytes before
 /// reading its body.
-pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, QuicError> {
+pub async fn read_frame(recv: &mut LinkRecv, max: usize) -> Result<Vec<u8>, QuicError> {
+    match recv {
+        LinkRecv::Quic(recv) => read_quic_frame(recv, max).await,
+        LinkRecv::Pipe(recv) => read_pipe_frame(recv, max).await,
+    }
+}
+
+async fn read_quic_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, QuicError> {
     let mut header = [0u8; 4];
     recv.read_exact(&mut header)
         .await
@@ -496,27 +545,59 @@ pub async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, Qu
             .map_err(read_error)?
         {
             Some(chunk) => frame.extend_from_slice(&chunk.bytes),
-            None => {
-                return Err(QuicError::Closed(format!(
-                    "the stream ended after {} of {len} frame bytes",
-                    frame.len()
-                )))
-            }
+            None => return Err(cut_short(frame.len(), len)),
         }
     }
     Ok(frame)
 }
 
+async fn read_pipe_frame(
+    recv: &mut Box<dyn crate::link::PipeRecv>,
+    max: usize,
+) -> Result<Vec<u8>, QuicError> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.map_err(|err| {
+        if err.kind() == std::io::ErrorKind::UnexpectedEof {
+            QuicError::Closed("the stream ended without a frame".to_string())
+        } else {
+            pipe_error(err)
+        }
+    })?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max {
+        return Err(QuicError::FrameTooLarge { len, max });
+    }
+    let mut frame = Vec::with_capacity(len.min(64 * 1024));
+    let mut chunk = [0u8; 16 * 1024];
+    while frame.len() < len {
+        let want = (len - frame.len()).min(chunk.len());
+        match recv.read(&mut chunk[..want]).await.map_err(pipe_error)? {
+            0 => return Err(cut_short(frame.len(), len)),
+            read => frame.extend_from_slice(&chunk[..read]),
+        }
+    }
+    Ok(frame)
+}
+
+fn cut_short(got: usize, len: usize) -> QuicError {
+    QuicError::Closed(format!("the stream ended after {got} of {len} frame bytes"))
+}
+
+fn pipe_error(err: std::io::Error) -> QuicError {
+    QuicError::Closed(err.to_string())
+}
+
 /// For a handler answering a [`QuicNode::call`]: reads the request frame (at most `max` bytes).
-pub async fn read_request(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, QuicError> {
+pub async fn read_request(recv: &mut LinkRecv, max: usize) -> Result<Vec<u8>, QuicError> {
     read_frame(recv, max).await
 }
 
 /// For a handler answering a [`QuicNode::call`]: writes the response frame and finishes the
 /// stream (the bytes still reach the caller after `send` is dropped).
-pub async fn respond(mut send: SendStream, response: &[u8]) -> Result<(), QuicError> {
+pub async fn respond(mut send: LinkSend, response: &[u8]) -> Result<(), QuicError> {
     write_frame(&mut send, response).await?;
-    send.finish().map_err(|_| closed_stream())
+    send.finish()
 }
 
 /// The `shoal join` side: dials `seed` trusting only the CA `fingerprint` (pinned_client_config), without a client cert, on ALPN shoal-join/1; sends `request`, returns the response or the server's refusal message.
@@ -575,12 +656,13 @@ async fn join_exchange(
         .map_err(|err| unreachable(err.to_string()))?
         .await
         .map_err(|err| unreachable(describe_seed_error(&err)))?;
-    let (mut send, mut recv) = connection
+    let (send, recv) = connection
         .open_bi()
         .await
         .map_err(|err| QuicError::Closed(describe_connection_error(&err)))?;
+    let (mut send, mut recv) = (LinkSend::Quic(send), LinkRecv::Quic(recv));
     write_frame(&mut send, request).await?;
-    send.finish().map_err(|_| closed_stream())?;
+    send.finish()?;
     let answer = read_frame(&mut recv, MAX_JOIN_RESPONSE).await?;
     connection.close(VarInt::from_u32(CLOSE_DONE), b"done");
     match answer.split_first() {
@@ -658,7 +740,11 @@ async fn serve_stream(
 ) {
     let mut kind = [0u8; 1];
     match tokio::time::timeout(KIND_TIMEOUT, recv.read_exact(&mut kind)).await {
-        Ok(Ok(())) => handler.handle(peer, kind[0], send, recv).await,
+        Ok(Ok(())) => {
+            handler
+                .handle(peer, kind[0], LinkSend::Quic(send), LinkRecv::Quic(recv))
+                .await
+        }
         _ => debug!(peer, "quic stream sent no kind byte"),
     }
 }
@@ -668,10 +754,11 @@ async fn serve_stream(
 async fn serve_join(connection: quinn::Connection, handler: Arc<dyn JoinHandler>) {
     let remote = connection.remote_address();
     let exchange = async {
-        let (mut send, mut recv) = connection
+        let (send, recv) = connection
             .accept_bi()
             .await
             .map_err(|err| QuicError::Closed(describe_connection_error(&err)))?;
+        let (mut send, mut recv) = (LinkSend::Quic(send), LinkRecv::Quic(recv));
         let request = read_frame(&mut recv, MAX_JOIN_REQUEST).await?;
         let answer = match handler.join(request, remote).await {
             Ok(response) => [&[JOIN_ACCEPTED][..], &response].concat(),
@@ -681,7 +768,7 @@ async fn serve_join(connection: quinn::Connection, handler: Arc<dyn JoinHandler>
             }
         };
         write_frame(&mut send, &answer).await?;
-        send.finish().map_err(|_| closed_stream())
+        send.finish()
     };
     let outcome = tokio::time::timeout(JOIN_EXCHANGE_TIMEOUT, exchange).await;
     if let Err(err) = outcome.unwrap_or(Err(QuicError::Timeout(JOIN_EXCHANGE_TIMEOUT))) {
@@ -810,10 +897,6 @@ fn read_error(err: ReadError) -> QuicError {
         }
         other => QuicError::Closed(other.to_string()),
     }
-}
-
-fn closed_stream() -> QuicError {
-    QuicError::Closed("the stream was already closed".to_string())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls::RootCertStore;
 
 use super::*;
+use crate::link::{LinkRecv, LinkSend};
 use crate::pki::{ClusterCa, NodeIdentity};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -34,7 +35,7 @@ impl Echo {
 
 #[async_trait]
 impl StreamHandler for Echo {
-    async fn handle(&self, peer: u64, kind: u8, send: SendStream, mut recv: RecvStream) {
+    async fn handle(&self, peer: u64, kind: u8, send: LinkSend, mut recv: LinkRecv) {
         self.streams.fetch_add(1, Ordering::SeqCst);
         let request = match read_request(&mut recv, self.max_request.unwrap_or(1 << 20)).await {
             Ok(request) => request,
@@ -114,8 +115,9 @@ async fn raw_connect(
 /// Tries a `call`-shaped exchange on a raw connection; true when an answer came back.
 async fn raw_call(connection: &quinn::Connection, kind: u8, request: &[u8]) -> bool {
     let exchange = async {
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|_| ())?;
+        let (mut send, recv) = connection.open_bi().await.map_err(|_| ())?;
         send.write_all(&[kind]).await.map_err(|_| ())?;
+        let (mut send, mut recv) = (LinkSend::Quic(send), LinkRecv::Quic(recv));
         write_frame(&mut send, request).await.map_err(|_| ())?;
         send.finish().map_err(|_| ())?;
         read_frame(&mut recv, 1 << 20).await.map_err(|_| ())
@@ -229,7 +231,11 @@ async fn close_fails_the_streams_open_to_a_peer_at_once() {
     let ca = ClusterCa::generate("prod").unwrap();
     let client = node(&ca, 1, Arc::new(Echo::default()));
     let server = node(&ca, 2, Arc::new(Echo::default()));
-    let (mut send, mut recv) = client.open(2, server.local_addr(), 1).await.unwrap();
+    let (LinkSend::Quic(mut send), LinkRecv::Quic(mut recv)) =
+        client.open(2, server.local_addr(), 1).await.unwrap()
+    else {
+        panic!("a QUIC node opens QUIC streams");
+    };
     // Half a request: the peer waits for the rest, so no answer comes.
     send.write_all(&[0, 0, 0, 9, b'x']).await.unwrap();
     let waiting = tokio::spawn(async move { recv.read_to_end(1024).await });
@@ -433,14 +439,16 @@ async fn a_join_connection_serves_one_request_and_nothing_else() {
     let (_endpoint, connection) = raw_connect(tls, seed.local_addr(), "seed").await;
     let connection = connection.unwrap();
 
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let (send, recv) = connection.open_bi().await.unwrap();
+    let (mut send, mut recv) = (LinkSend::Quic(send), LinkRecv::Quic(recv));
     write_frame(&mut send, b"hello").await.unwrap();
     send.finish().unwrap();
     let answer = read_frame(&mut recv, 1024).await.unwrap();
     assert_eq!(answer, [&[JOIN_ACCEPTED][..], b"welcome hello"].concat());
 
     // A second stream, even one shaped like a join request, gets nothing.
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let (send, recv) = connection.open_bi().await.unwrap();
+    let (mut send, mut recv) = (LinkSend::Quic(send), LinkRecv::Quic(recv));
     let _ = write_frame(&mut send, b"hello again").await;
     let _ = send.finish();
     assert!(

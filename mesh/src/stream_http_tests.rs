@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::link::{LinkRecv as RecvStream, LinkSend as SendStream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
@@ -17,7 +18,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::service::service_fn;
-use quinn::{RecvStream, SendStream};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Join};
 use tokio::sync::mpsc;

@@ -93,7 +93,7 @@ impl Cluster {
         &self,
         digest: &str,
         size: u64,
-        recv: &mut quinn::RecvStream,
+        recv: &mut shoal_mesh::link::LinkRecv,
     ) -> anyhow::Result<()> {
         if size > self.bundles.limits().max_compressed_bytes {
             anyhow::bail!("the bundle is larger than this node's --bundle-max-bytes");

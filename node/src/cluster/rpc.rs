@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock, Weak};
 
 use serde::{Deserialize, Serialize};
+use shoal_mesh::link::{LinkRecv, LinkSend};
 use shoal_mesh::quic::{read_frame, write_frame, StreamHandler};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
@@ -87,24 +88,18 @@ impl Handler {
 
 #[async_trait::async_trait]
 impl StreamHandler for Handler {
-    async fn handle(
-        &self,
-        peer: u64,
-        kind: u8,
-        mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
-    ) {
+    async fn handle(&self, peer: u64, kind: u8, mut send: LinkSend, mut recv: LinkRecv) {
         if kind >= crate::dataplane::KIND_FORWARD {
             return self.data_plane.handle(peer, kind, send, recv).await;
         }
         let Some(cluster) = self.cluster.get().and_then(Weak::upgrade) else {
             // Not started yet (or stopping): the peer retries.
-            let _ = send.reset(quinn::VarInt::from_u32(1));
+            send.reset(1);
             return;
         };
         if let Err(error) = serve(&cluster, peer, kind, &mut send, &mut recv).await {
             debug!(peer, kind, %error, "peer request failed");
-            let _ = send.reset(quinn::VarInt::from_u32(2));
+            send.reset(2);
         }
     }
 }
@@ -113,8 +108,8 @@ async fn serve(
     cluster: &Arc<Cluster>,
     peer: u64,
     kind: u8,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    send: &mut LinkSend,
+    recv: &mut LinkRecv,
 ) -> anyhow::Result<()> {
     match kind {
         network::KIND_APPEND | network::KIND_VOTE | network::KIND_SNAPSHOT => {
@@ -153,18 +148,14 @@ async fn serve(
     }
 }
 
-async fn respond(send: &mut quinn::SendStream, bytes: &[u8]) -> anyhow::Result<()> {
+async fn respond(send: &mut LinkSend, bytes: &[u8]) -> anyhow::Result<()> {
     write_frame(send, bytes).await?;
     send.finish()?;
     Ok(())
 }
 
 /// Sends the blob of `digest`: a JSON frame `Result<size, message>`, then the raw bytes.
-async fn serve_bundle(
-    cluster: &Cluster,
-    digest: &str,
-    send: &mut quinn::SendStream,
-) -> anyhow::Result<()> {
+async fn serve_bundle(cluster: &Cluster, digest: &str, send: &mut LinkSend) -> anyhow::Result<()> {
     if !is_valid_digest(digest) || !cluster.bundles.contains(digest) {
         let reply: Result<u64, String> = Err(format!("bundle {digest} is not stored here"));
         return respond(send, &serde_json::to_vec(&reply)?).await;
@@ -182,8 +173,8 @@ async fn serve_bundle(
 /// Receives a pushed blob: header, "have"/"send", the bytes, then "ok" or the refusal.
 async fn receive_bundle(
     cluster: &Arc<Cluster>,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    send: &mut LinkSend,
+    recv: &mut LinkRecv,
 ) -> anyhow::Result<()> {
     let header: BundleHeader = serde_json::from_slice(&read_frame(recv, 4096).await?)?;
     if !is_valid_digest(&header.digest) {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use shoal_mesh::link::{LinkRecv, LinkSend};
 use shoal_mesh::quic::write_frame;
 use tracing::{debug, info, warn};
 
@@ -92,8 +93,8 @@ impl DataPlane {
     pub(super) async fn serve_job(
         self: Arc<Self>,
         peer: u64,
-        mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        mut send: LinkSend,
+        mut recv: LinkRecv,
     ) {
         let message: JobMessage = match super::read_json(&mut recv, 64 << 10).await {
             Ok(message) => message,

@@ -386,7 +386,7 @@ impl DataPlane {
 
 /// Reads one JSON frame of at most `max` bytes.
 async fn read_json<T: serde::de::DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
+    recv: &mut shoal_mesh::link::LinkRecv,
     max: usize,
 ) -> Result<T, String> {
     let frame = shoal_mesh::quic::read_frame(recv, max)

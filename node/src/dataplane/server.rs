@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response};
 use hyper::service::service_fn;
+use shoal_mesh::link::{LinkRecv, LinkSend};
 use shoal_mesh::quic::StreamHandler;
 use shoal_mesh::stream_http::serve_one;
 use shoal_proxy::body::Body;
@@ -26,13 +27,7 @@ const MAX_HEADER: usize = 16 << 10;
 
 #[async_trait::async_trait]
 impl StreamHandler for DataPlane {
-    async fn handle(
-        &self,
-        peer: u64,
-        kind: u8,
-        send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
-    ) {
+    async fn handle(&self, peer: u64, kind: u8, send: LinkSend, mut recv: LinkRecv) {
         if kind == super::jobs::KIND_JOB {
             if let Some(this) = self.this.upgrade() {
                 this.serve_job(peer, send, recv).await;

@@ -17,7 +17,8 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use shoal_mesh::quic::{QuicError, QuicNode};
+use shoal_mesh::link::PeerLink;
+use shoal_mesh::quic::QuicError;
 
 use super::{NodeId, PeerNode, Raft, TypeConfig};
 
@@ -34,12 +35,12 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Makes one [`PeerClient`] per target.
 #[derive(Clone)]
 pub struct QuicNetwork {
-    quic: Arc<QuicNode>,
+    quic: Arc<dyn PeerLink>,
 }
 
 impl QuicNetwork {
     /// Raft traffic over `quic`.
-    pub fn new(quic: Arc<QuicNode>) -> Self {
+    pub fn new(quic: Arc<dyn PeerLink>) -> Self {
         Self { quic }
     }
 }
@@ -58,7 +59,7 @@ impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
 
 /// Sends raft RPCs to one target.
 pub struct PeerClient {
-    quic: Arc<QuicNode>,
+    quic: Arc<dyn PeerLink>,
     target: NodeId,
     /// The target's QUIC address, or the unparsable text membership holds.
     addr: Result<SocketAddr, String>,
