@@ -1,8 +1,10 @@
 //! Cluster membership over chitchat, with every datagram sealed (see [`crate::seal`]).
 //!
-//! [`Gossip::start`] runs one chitchat node on a [`SealedTransport`]. Each node publishes a
-//! few small keys ([`Gossip::set`]); [`Gossip::members`] returns every node known, whether it
-//! is live, and its keys; [`Gossip::changes`] ticks when that view changes.
+//! [`Gossip::start`] runs one chitchat node on a [`SealedTransport`] over UDP;
+//! [`Gossip::start_with_transport`] runs it, unsealed, on any other [`Transport`] (the
+//! simulator's network). Each node publishes a few small keys ([`Gossip::set`]);
+//! [`Gossip::members`] returns every node known, whether it is live, and its keys;
+//! [`Gossip::changes`] ticks when that view changes.
 //!
 //! Liveness is chitchat's phi accrual detector, tuned so that its timeout is nearly fixed and
 //! derived from [`GossipConfig::dead_after`] (see [`failure_detector_config`]): a node that
@@ -15,10 +17,15 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a transport for [`Gossip::start_with_transport`] implements and carries: chitchat's
+/// transport traits, the decoded message a `Socket` moves, and what its calls return.
+pub use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     NodeState, ProtocolVersion,
 };
+/// The decoded gossip message a [`Socket`] sends and receives.
+pub use chitchat::{ChitchatEnvelope, ChitchatMessage};
 use tokio::net::UdpSocket;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
@@ -216,16 +223,49 @@ impl Gossip {
         };
         let socket = UdpSocket::bind(config.listen).await.map_err(bind_error)?;
         let local_addr = socket.local_addr().map_err(bind_error)?;
-        let mut advertise = config.advertise;
-        if advertise.port() == 0 {
-            advertise.set_port(local_addr.port());
-        }
         let stats = Arc::new(SealStats::default());
         let transport =
             SealedTransport::new(config.key.clone(), config.freshness, clock, stats.clone())
                 .with_socket(socket);
+        Self::launch(config, &transport, local_addr, stats).await
+    }
+
+    /// Starts gossiping with `config.seeds` over `transport`, unsealed and without binding
+    /// anything itself: the seam a simulator or an in-memory test plugs its network into.
+    ///
+    /// chitchat opens its socket with `transport.open(local_addr)`; `local_addr` replaces
+    /// `config.listen` (which is not used), and an `advertise` port of 0 means `local_addr`'s.
+    /// `config.key` and `config.freshness` are not used either, and [`Gossip::stats`] stays at
+    /// zero: sealing is [`SealedTransport`]'s job, which [`Gossip::start`] puts in front.
+    pub async fn start_with_transport(
+        config: GossipConfig,
+        transport: &dyn Transport,
+        local_addr: SocketAddr,
+    ) -> Result<Self, GossipError> {
+        config.validate()?;
+        Self::launch(
+            config,
+            transport,
+            local_addr,
+            Arc::new(SealStats::default()),
+        )
+        .await
+    }
+
+    /// Runs chitchat for a validated `config` on `transport`, whose socket opens on
+    /// `local_addr`; `stats` is what [`Gossip::stats`] returns.
+    async fn launch(
+        config: GossipConfig,
+        transport: &dyn Transport,
+        local_addr: SocketAddr,
+        stats: Arc<SealStats>,
+    ) -> Result<Self, GossipError> {
+        let mut advertise = config.advertise;
+        if advertise.port() == 0 {
+            advertise.set_port(local_addr.port());
+        }
         let chitchat_config = chitchat_config(&config, local_addr, advertise);
-        let handle = spawn_chitchat(chitchat_config, config.initial.clone(), &transport)
+        let handle = spawn_chitchat(chitchat_config, config.initial.clone(), transport)
             .await
             .map_err(|error| GossipError::Start(format!("{error:#}")))?;
         let (changes_tx, changes_rx) = watch::channel(0);
