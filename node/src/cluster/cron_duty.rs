@@ -239,7 +239,7 @@ impl Cluster {
                     .filter(|((job, _), _)| *job == app.name)
                     .map(|((_, run), at)| (run.clone(), *at))
                     .collect();
-                let now_ms = super::wall_clock_ms();
+                let now_ms = self.now_ms();
                 for action in plan(app, &schedule, fence, now_ms, &dead, &sent) {
                     if token.is_cancelled() {
                         return;
@@ -281,7 +281,7 @@ impl Cluster {
                     exit_code: None,
                     log_tail: String::new(),
                     reason: Some(reason),
-                    at_ms: super::wall_clock_ms(),
+                    at_ms: self.now_ms(),
                 };
                 let command = Command::RunEnded {
                     job: job.to_owned(),
@@ -305,6 +305,12 @@ impl Cluster {
             }
             Action::Fire(fire) => {
                 let skip = fire.skip.is_some();
+                if !skip && crate::planted::enabled(crate::planted::Bug::CronFireWithoutCommit) {
+                    let run_id = format!("planted-{}-{}", fire.tick, fire.attempt);
+                    self.dispatch(job, &run_id, fire.release, fence, dispatched)
+                        .await;
+                    return;
+                }
                 let command = Command::Fire {
                     job: job.to_owned(),
                     fire,
@@ -337,7 +343,7 @@ impl Cluster {
         fence: Fence,
         dispatched: &mut BTreeMap<(String, String), u64>,
     ) {
-        dispatched.insert((job.to_owned(), run_id.to_owned()), super::wall_clock_ms());
+        dispatched.insert((job.to_owned(), run_id.to_owned()), self.now_ms());
         let timeout_ms = self.replica.table().get(job).map_or(3_600_000, |app| {
             app.current().spec.job.timeout_secs.saturating_mul(1000)
         });

@@ -25,7 +25,8 @@ use anyhow::Context;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use serde::Serialize;
-use shoal_mesh::gossip::{Gossip, GossipConfig, Member, SealStats};
+use shoal_mesh::gossip::{Clock, Gossip, GossipConfig, Member, SealStats};
+use shoal_mesh::link::PeerLink;
 use shoal_mesh::quic::{QuicConfig, QuicNode, StreamHandler};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -104,6 +105,57 @@ impl ClusterConfig {
     }
 }
 
+/// Raft's timers, in milliseconds (openraft draws each election timeout in
+/// `election_min..election_max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval.
+    pub heartbeat: u64,
+    /// Shortest election timeout.
+    pub election_min: u64,
+    /// Longest election timeout (exclusive).
+    pub election_max: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat: 50,
+            election_min: 250,
+            election_max: 350,
+        }
+    }
+}
+
+/// Opens the node's link to its peers, given the handler of the streams they open to it.
+pub type LinkFactory =
+    Box<dyn FnOnce(Arc<dyn StreamHandler>) -> anyhow::Result<Arc<dyn PeerLink>> + Send>;
+
+/// What the control plane runs on. [`Environment::default`] is the real machine: the wall
+/// clock, QUIC, sealed UDP gossip. The simulator (`shoal-sim`) hands in virtual time, its own
+/// network and per-node raft timing; nothing else differs.
+pub struct Environment {
+    /// Unix milliseconds: the one clock the control plane reads.
+    pub clock: Clock,
+    /// Replaces the QUIC endpoint (and with it the join service).
+    pub link: Option<LinkFactory>,
+    /// Replaces sealed UDP gossip: a transport and the address it is reached at.
+    pub gossip: Option<(Arc<dyn shoal_mesh::gossip::Transport>, SocketAddr)>,
+    /// Raft's timers.
+    pub raft: RaftTiming,
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(wall_clock_ms),
+            link: None,
+            gossip: None,
+            raft: RaftTiming::default(),
+        }
+    }
+}
+
 /// One member as `shoal nodes` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct MemberView {
@@ -175,7 +227,8 @@ pub struct Cluster {
     /// The node's identity.
     pub identity: Identity,
     config: ClusterConfig,
-    quic: Arc<QuicNode>,
+    quic: Arc<dyn PeerLink>,
+    clock: Clock,
     gossip: tokio::sync::RwLock<Option<Gossip>>,
     seal_stats: Arc<SealStats>,
     raft: Option<Raft>,
@@ -214,44 +267,42 @@ impl Cluster {
         data_plane: Arc<dyn StreamHandler>,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let ca_cert = rustls_der(&identity.ca_cert_pem)?;
-        let handler = Arc::new(Handler::new(data_plane));
-        let join_service = if identity.voter {
-            let seeds_for_join = Arc::new(Mutex::new(Vec::<String>::new()));
-            let seeds = seeds_for_join.clone();
-            join::JoinService::new(
-                identity.clone(),
-                admin_token,
-                Arc::new(move || seeds.lock().expect("seeds").clone()),
-                Arc::new(|| wall_clock_ms() / 1000),
-            )?
-            .map(|service| (Arc::new(service), seeds_for_join))
-        } else {
-            None
-        };
-        let quic_config = QuicConfig {
-            // Two missed keep-alives: a peer that vanished without closing is noticed soon.
-            idle_timeout: Duration::from_secs(3),
-            ..QuicConfig::new(
-                config.quic,
-                ca_cert,
-                identity.node.clone(),
-                identity.node_id,
-            )
-        };
-        let quic = QuicNode::bind(
-            quic_config,
-            handler.clone(),
-            join_service
-                .as_ref()
-                .map(|(service, _)| service.clone() as Arc<dyn shoal_mesh::quic::JoinHandler>),
+        Self::start_in(
+            Environment::default(),
+            config,
+            identity,
+            fresh_seed,
+            replica,
+            bundles,
+            admin_token,
+            data_plane,
+            stop,
         )
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (--quic): is another shoal node running?",
-                config.quic
-            )
-        })?;
+        .await
+    }
+
+    /// [`Cluster::start`] on the given environment.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_in(
+        env: Environment,
+        config: ClusterConfig,
+        identity: Identity,
+        fresh_seed: bool,
+        replica: Arc<Replica>,
+        bundles: Arc<BundleStore>,
+        admin_token: String,
+        data_plane: Arc<dyn StreamHandler>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let handler = Arc::new(Handler::new(data_plane));
+        let (quic, join_seeds): (Arc<dyn PeerLink>, _) = match env.link {
+            Some(open) => (open(handler.clone())?, None),
+            None => {
+                let (quic, join_seeds) =
+                    bind_quic(&config, &identity, admin_token, handler.clone())?;
+                (quic as Arc<dyn PeerLink>, join_seeds)
+            }
+        };
         let raft = if identity.voter {
             let raft_dir = config.data_dir.join("raft");
             let log_store = LogStore::open(&raft_dir.join("log.redb"))
@@ -260,9 +311,9 @@ impl Cluster {
             let raft_config = Arc::new(
                 openraft::Config {
                     cluster_name: identity.cluster_id.clone(),
-                    heartbeat_interval: 50,
-                    election_timeout_min: 250,
-                    election_timeout_max: 350,
+                    heartbeat_interval: env.raft.heartbeat,
+                    election_timeout_min: env.raft.election_min,
+                    election_timeout_max: env.raft.election_max,
                     install_snapshot_timeout: 5_000,
                     snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2_000),
                     max_in_snapshot_log_to_keep: 500,
@@ -298,7 +349,7 @@ impl Cluster {
             None
         };
 
-        let generation = wall_clock_ms();
+        let generation = (env.clock)();
         let gossip_config = GossipConfig {
             node_id: format!("node-{}", identity.node_id),
             generation,
@@ -326,19 +377,24 @@ impl Cluster {
                 (keys::STARTED.into(), generation.to_string()),
             ],
         };
-        let gossip = Gossip::start(gossip_config, Arc::new(wall_clock_ms))
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot start gossip on {} (--gossip): is another shoal node running?",
-                    config.gossip
-                )
-            })?;
+        let gossip = match env.gossip {
+            Some((transport, addr)) => {
+                Gossip::start_with_transport(gossip_config, transport.as_ref(), addr).await
+            }
+            None => Gossip::start(gossip_config, env.clock.clone()).await,
+        }
+        .with_context(|| {
+            format!(
+                "cannot start gossip on {} (--gossip): is another shoal node running?",
+                config.gossip
+            )
+        })?;
         let seal_stats = gossip.stats();
         let cluster = Arc::new(Self {
             identity,
             config,
             quic,
+            clock: env.clock,
             gossip: tokio::sync::RwLock::new(Some(gossip)),
             seal_stats,
             raft,
@@ -353,16 +409,23 @@ impl Cluster {
             stop,
         });
         let _ = handler.cluster.set(Arc::downgrade(&cluster));
-        tokio::spawn(
-            cluster
-                .clone()
-                .tick_loop(join_service.map(|(_, seeds)| seeds)),
-        );
+        tokio::spawn(cluster.clone().tick_loop(join_seeds));
         tokio::spawn(cluster.clone().bundle_loop());
         if cluster.raft.is_some() {
             tokio::spawn(cluster.clone().orchestrator_loop());
         }
         Ok(cluster)
+    }
+
+    /// Now, in Unix milliseconds, from the environment's clock.
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// This voter's raft metrics (`None` on workers and removed voters).
+    pub fn raft_metrics(&self) -> Option<openraft::RaftMetrics<NodeId, PeerNode>> {
+        self.active_raft()
+            .map(|raft| raft.metrics().borrow().clone())
     }
 
     /// Sets the load this node gossips (DESIGN §3): `in_flight`, `instances`, `cpus`,
@@ -447,6 +510,13 @@ impl Cluster {
     /// Commits `command` through the leader (wherever it is) and returns what applying it did,
     /// once this node's replica has applied it too.
     pub async fn propose(&self, command: Command) -> Result<Applied, ClusterError> {
+        self.propose_indexed(command)
+            .await
+            .map(|(_, applied)| applied)
+    }
+
+    /// [`Cluster::propose`], also returning the log index the command committed at.
+    pub async fn propose_indexed(&self, command: Command) -> Result<(u64, Applied), ClusterError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
             let attempt = match self.leader() {
@@ -459,7 +529,7 @@ impl Cluster {
             match attempt {
                 Ok((index, applied)) => {
                     self.catch_up(index, deadline).await;
-                    return Ok(applied);
+                    return Ok((index, applied));
                 }
                 Err(RpcError::Failed(message)) => return Err(ClusterError::Failed(message)),
                 Err(RpcError::NotLeader { .. }) => {}
@@ -674,7 +744,7 @@ impl Cluster {
     }
 
     /// This node's QUIC endpoint.
-    pub fn quic(&self) -> &Arc<QuicNode> {
+    pub fn quic(&self) -> &Arc<dyn PeerLink> {
         &self.quic
     }
 
@@ -758,7 +828,7 @@ impl Cluster {
 
     /// Publishes this node's keys, reads the members, refreshes a non-voter's table, and
     /// remembers gossip peers for the next start.
-    async fn tick_loop(self: Arc<Self>, join_seeds: Option<Arc<Mutex<Vec<String>>>>) {
+    async fn tick_loop(self: Arc<Self>, join_seeds: Option<JoinSeeds>) {
         let mut published: BTreeMap<String, String> = BTreeMap::new();
         let mut saved_seeds = self.identity.gossip_seeds.clone();
         saved_seeds.sort();
@@ -870,6 +940,56 @@ impl Cluster {
             }
         }
     }
+}
+
+/// The join service's list of gossip seeds, refreshed by the tick loop.
+type JoinSeeds = Arc<Mutex<Vec<String>>>;
+
+/// Binds the node's QUIC endpoint, with the join service on voters that hold the CA key.
+fn bind_quic(
+    config: &ClusterConfig,
+    identity: &Identity,
+    admin_token: String,
+    handler: Arc<Handler>,
+) -> anyhow::Result<(Arc<QuicNode>, Option<JoinSeeds>)> {
+    let ca_cert = rustls_der(&identity.ca_cert_pem)?;
+    let join_service = if identity.voter {
+        let seeds_for_join = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seeds = seeds_for_join.clone();
+        join::JoinService::new(
+            identity.clone(),
+            admin_token,
+            Arc::new(move || seeds.lock().expect("seeds").clone()),
+            Arc::new(|| wall_clock_ms() / 1000),
+        )?
+        .map(|service| (Arc::new(service), seeds_for_join))
+    } else {
+        None
+    };
+    let quic_config = QuicConfig {
+        // Two missed keep-alives: a peer that vanished without closing is noticed soon.
+        idle_timeout: Duration::from_secs(3),
+        ..QuicConfig::new(
+            config.quic,
+            ca_cert,
+            identity.node.clone(),
+            identity.node_id,
+        )
+    };
+    let quic = QuicNode::bind(
+        quic_config,
+        handler,
+        join_service
+            .as_ref()
+            .map(|(service, _)| service.clone() as Arc<dyn shoal_mesh::quic::JoinHandler>),
+    )
+    .with_context(|| {
+        format!(
+            "cannot listen on {} (--quic): is another shoal node running?",
+            config.quic
+        )
+    })?;
+    Ok((quic, join_service.map(|(_, seeds)| seeds)))
 }
 
 /// A data dir of a single-node Shoal from before the control plane: commit the current
