@@ -26,6 +26,7 @@ pub mod dataplane;
 pub mod instances;
 pub mod manifest;
 pub mod node;
+pub mod planted;
 pub mod raft;
 pub mod runs;
 pub mod runtime;

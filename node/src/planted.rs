@@ -1,0 +1,41 @@
+//! Bugs planted on purpose, so that the simulator (`shoal-sim --bug NAME`) can show that its
+//! checkers catch them (DESIGN §8). The code paths exist only with the `planted-bugs` cargo
+//! feature, and even then stay off until a simulator run switches one on: a build that
+//! compiles them in still behaves correctly.
+
+/// A bug the simulator can plant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// The cron duty dispatches a due tick without committing its `Fire` through raft.
+    CronFireWithoutCommit,
+}
+
+#[cfg(feature = "planted-bugs")]
+static PLANTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Bug {
+    fn bit(self) -> u32 {
+        match self {
+            Self::CronFireWithoutCommit => 1,
+        }
+    }
+}
+
+/// Switches `bug` on for the whole process (only with the `planted-bugs` feature).
+#[cfg(feature = "planted-bugs")]
+pub fn plant(bug: Bug) {
+    PLANTED.fetch_or(bug.bit(), std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether `bug` was planted.
+pub fn enabled(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        PLANTED.load(std::sync::atomic::Ordering::Relaxed) & bug.bit() != 0
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug.bit();
+        false
+    }
+}
