@@ -11,4 +11,7 @@
 //! with a simulated network, clock, container runtime and disk; workloads and fault injection
 //! driven by one seed; and one pure checker per invariant of DESIGN §8 (`shoal-sim --seeds N`).
 
+pub mod check;
+pub mod cluster;
 pub mod fleet;
+pub mod trace;

@@ -1,7 +1,9 @@
 //! `shoal-sim`: runs simulations and prints what they measured.
 //!
-//! With no subcommand it is reserved for whole-cluster runs (`--seeds N`), not built yet.
-//! `shoal-sim balance` runs the fleet loop (placement at scale) and prints its figures.
+//! - `shoal-sim --seeds N`: N whole-cluster runs, one fresh process per seed, checked against
+//!   the invariants of DESIGN §8; `--check-determinism` runs each twice and compares traces.
+//! - `shoal-sim run --seed S`: one run (`--trace` prints its trace; `--bug` plants a bug).
+//! - `shoal-sim balance`: the fleet loop (placement at scale) and its figures.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -9,23 +11,84 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use shoal_sim::cluster::run as cluster_run;
 use shoal_sim::fleet::{self, Config, GossipLag, Report};
 
+mod entropy;
+mod seeds;
+
 /// Deterministic simulations of Shoal clusters.
+///
+/// With no subcommand: runs whole clusters (3 to 5 real nodes on virtual time, with crashes,
+/// partitions, slow nodes and a deploy and cron workload) for `--seeds` seeds, and checks the
+/// invariants of DESIGN §8 after every millisecond. A failing seed prints the command that
+/// replays it.
 #[derive(Debug, Parser)]
 #[command(name = "shoal-sim", version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Whole-cluster runs: how many seeds (not built yet).
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 20)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    /// Virtual seconds per run.
+    #[arg(long, default_value_t = 40)]
+    seconds: u64,
+    /// Run every seed twice, in two processes, and fail if the trace hashes differ.
     #[arg(long)]
-    seeds: Option<u64>,
+    check_determinism: bool,
+    /// Processes at once (default: the number of CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Plant a bug in every run (see `shoal-sim run --help`).
+    #[arg(long)]
+    bug: Option<PlantedBug>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// One whole-cluster run.
+    Run(RunArgs),
     /// Placement at scale: load balance and cold starts under Zipf traffic.
     Balance(BalanceArgs),
+}
+
+/// A bug to plant, to show that the checkers catch it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PlantedBug {
+    /// The cron duty dispatches a due tick without committing its fire through raft.
+    CronFireWithoutCommit,
+}
+
+impl PlantedBug {
+    fn name(self) -> &'static str {
+        match self {
+            Self::CronFireWithoutCommit => "cron-fire-without-commit",
+        }
+    }
+}
+
+/// One seed.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The seed: it fixes the cluster, the faults, the workload and every random draw.
+    #[arg(long)]
+    seed: u64,
+    /// Virtual seconds.
+    #[arg(long, default_value_t = 40)]
+    seconds: u64,
+    /// Plant a bug.
+    #[arg(long)]
+    bug: Option<PlantedBug>,
+    /// Print the whole trace (one line per event) before the report.
+    #[arg(long)]
+    trace: bool,
+    /// Print the report as one line of JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The fleet loop's parameters (defaults: `shoal_sim::fleet::Config::default()`).
@@ -147,21 +210,149 @@ impl BalanceArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Balance(args)) => match balance(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
-        None => {
-            let _ = cli.seeds;
-            eprintln!(
-                "whole-cluster simulation not built yet; `shoal-sim balance` runs the \
-                 placement loop (see `shoal-sim balance --help`)"
-            );
+    let outcome = match &cli.command {
+        Some(Command::Balance(args)) => balance(args).map(|()| true),
+        Some(Command::Run(args)) => run_one(args),
+        None => run_seeds(&cli),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// One seed in this process; true when no invariant broke.
+fn run_one(args: &RunArgs) -> anyhow::Result<bool> {
+    entropy::reseed(args.seed);
+    if let Some(bug) = args.bug {
+        match bug {
+            PlantedBug::CronFireWithoutCommit => {
+                shoal::planted::plant(shoal::planted::Bug::CronFireWithoutCommit)
+            }
+        }
+    }
+    let started = Instant::now();
+    let report = cluster_run::run(&cluster_run::Options {
+        seed: args.seed,
+        seconds: args.seconds,
+        keep_trace: args.trace,
+        stop_at_violation: false,
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        entropy::drawn() > 0,
+        "this binary's getrandom was not called: runs would not be deterministic"
+    );
+    let mut out = std::io::stdout().lock();
+    if let Some(trace) = &report.trace {
+        out.write_all(trace.as_bytes())?;
+    }
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "seed {}: {} nodes ({} voters), {} s simulated in {elapsed:.1} s, trace {}",
+            report.seed,
+            report.nodes,
+            report.voters,
+            report.simulated_ms / 1000,
+            &report.trace_hash[..16]
+        )?;
+        for fault in &report.faults {
+            writeln!(out, "  fault {fault}")?;
+        }
+        writeln!(
+            out,
+            "  {} leader terms, {} deploys acknowledged, {} runs accepted, {} ticks due in the \
+             quiet tail, messages {} delivered / {} lost",
+            report.leader_terms,
+            report.deploys_acked,
+            report.runs_accepted,
+            report.expected_ticks,
+            report.messages.0,
+            report.messages.1
+        )?;
+        for violation in &report.violations {
+            writeln!(out, "  VIOLATION {violation}")?;
+        }
+    }
+    Ok(report.violations.is_empty())
+}
+
+/// Many seeds, each in its own process; true when all passed.
+fn run_seeds(cli: &Cli) -> anyhow::Result<bool> {
+    let plan = seeds::Plan {
+        first: cli.first_seed,
+        count: cli.seeds,
+        seconds: cli.seconds,
+        bug: cli.bug.map(|bug| bug.name().to_owned()),
+        check_determinism: cli.check_determinism,
+        jobs: cli.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
+    };
+    let started = Instant::now();
+    let verdicts = seeds::run_all(&plan, |verdict| print_verdict(verdict, &plan))?;
+    let failed = verdicts.iter().filter(|v| !v.passed()).count();
+    println!(
+        "{} seeds ({}..{}), {} s simulated each{}: {} passed, {failed} failed, in {:.0} s",
+        verdicts.len(),
+        plan.first,
+        plan.first + plan.count - 1,
+        plan.seconds,
+        if plan.check_determinism {
+            ", each run twice"
+        } else {
+            ""
+        },
+        verdicts.len() - failed,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(failed == 0)
+}
+
+fn print_verdict(verdict: &seeds::Verdict, plan: &seeds::Plan) {
+    let replay = format!(
+        "cargo run -p shoal-sim --release -- run --seed {} --seconds {}{} --trace",
+        verdict.seed,
+        plan.seconds,
+        plan.bug
+            .as_deref()
+            .map(|bug| format!(" --bug {bug}"))
+            .unwrap_or_default()
+    );
+    match &verdict.outcome {
+        Err(error) => println!("seed {}: ERROR {error}\n  replay: {replay}", verdict.seed),
+        Ok(outcome) => {
+            let determinism = match &verdict.second_hash {
+                None => String::new(),
+                Some(Ok(hash)) if *hash == outcome.trace_hash => ", replayed identically".into(),
+                Some(Ok(hash)) => format!(
+                    ", NOT DETERMINISTIC: second trace {} differs",
+                    &hash[..16.min(hash.len())]
+                ),
+                Some(Err(error)) => format!(", second run failed: {error}"),
+            };
+            println!(
+                "seed {}: {} nodes, {} faults, {} ticks checked, trace {}{determinism}{}",
+                verdict.seed,
+                outcome.nodes,
+                outcome.faults.len(),
+                outcome.expected_ticks,
+                &outcome.trace_hash[..16.min(outcome.trace_hash.len())],
+                if verdict.passed() { "" } else { "  FAILED" }
+            );
+            for violation in &outcome.violations {
+                println!("  VIOLATION {violation}");
+            }
+            if !verdict.passed() {
+                println!("  replay: {replay}");
+            }
         }
     }
 }

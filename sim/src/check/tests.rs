@@ -1,0 +1,770 @@
+//! Each checker against hand-built traces: clean ones give nothing, broken ones give exactly the
+//! expected violation.
+
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::trace::FireRecord;
+
+/// A step: its time and its events.
+type Step = (u64, Vec<Event>);
+
+/// Feeds `steps` then finishes at `end_ms`; returns every violation in order.
+fn run(checker: &mut dyn Checker, steps: &[Step], end_ms: u64, end: &End) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for (at_ms, events) in steps {
+        violations.extend(checker.step(*at_ms, events));
+    }
+    violations.extend(checker.finish(end_ms, end));
+    violations
+}
+
+/// Asserts exactly one violation, from `name`, at `at_ms`, whose message holds every part.
+fn assert_one(violations: &[Violation], name: &str, at_ms: u64, parts: &[&str]) {
+    assert_eq!(
+        violations.len(),
+        1,
+        "expected one violation: {violations:#?}"
+    );
+    let found = &violations[0];
+    assert_eq!(found.checker, name);
+    assert_eq!(found.at_ms, at_ms, "{found}");
+    for part in parts {
+        assert!(found.message.contains(part), "{part:?} not in {found}");
+    }
+}
+
+fn raft(node: NodeId, term: u64, is_leader: bool, committed: u64) -> Event {
+    Event::Raft {
+        node,
+        term,
+        leader: None,
+        is_leader,
+        last_log: committed,
+        committed,
+        applied: committed,
+    }
+}
+
+fn table(node: NodeId, applied: u64, apps: &[(&str, u64)], fires: &[FireRecord]) -> Event {
+    Event::Table {
+        node,
+        applied,
+        apps: apps.iter().map(|(app, v)| (app.to_string(), *v)).collect(),
+        fires: fires.iter().cloned().collect(),
+    }
+}
+
+fn fire(job: &str, run_id: &str, tick: i64, attempt: u32, manual: bool) -> FireRecord {
+    FireRecord {
+        job: job.to_string(),
+        run_id: run_id.to_string(),
+        tick,
+        attempt,
+        manual,
+        fence_term: 1,
+    }
+}
+
+fn members(node: NodeId, live: &[NodeId]) -> Event {
+    Event::Members {
+        node,
+        live: live.iter().copied().collect(),
+    }
+}
+
+fn deployed(app: &str, version: u64, index: u64) -> Event {
+    Event::DeployAcked {
+        app: app.to_string(),
+        version,
+        index,
+    }
+}
+
+fn deleted(app: &str, index: u64) -> Event {
+    Event::DeleteAcked {
+        app: app.to_string(),
+        index,
+    }
+}
+
+fn accepted(from: NodeId, job: &str, run_id: &str, fence_term: u64) -> Event {
+    Event::JobAccepted {
+        worker: 9,
+        from,
+        job: job.to_string(),
+        run_id: run_id.to_string(),
+        fence_term,
+        fence_index: 4,
+    }
+}
+
+fn params() -> Params {
+    Params {
+        gossip_interval_ms: 200,
+        dead_after_ms: 2_000,
+        converge_ms: 1_000,
+    }
+}
+
+#[test]
+fn all_has_five_checkers_with_distinct_names() {
+    let checkers = all(&params());
+    let names: BTreeSet<&str> = checkers.iter().map(|checker| checker.name()).collect();
+    assert_eq!(checkers.len(), 5);
+    assert_eq!(names.len(), 5);
+    for name in [
+        "one-leader-per-term",
+        "acked-deploy-kept",
+        "cron-once",
+        "members-converge",
+        "never-backwards",
+    ] {
+        assert!(names.contains(name), "{name} missing");
+    }
+}
+
+mod leader {
+    use super::*;
+
+    const NAME: &str = "one-leader-per-term";
+
+    #[test]
+    fn clean_trace_with_same_step_and_late_fences() {
+        let steps = vec![
+            (10, vec![raft(1, 1, false, 0), raft(2, 1, false, 0)]),
+            // The fence comes before the observation that shows its sender leading.
+            (20, vec![accepted(1, "job", "r1", 1), raft(1, 1, true, 1)]),
+            (30, vec![raft(1, 1, true, 2), accepted(1, "job", "r2", 1)]),
+            // Node 2 leads term 2 (one past any term seen) but is only seen doing so a step
+            // later.
+            (40, vec![accepted(2, "job", "r3", 2)]),
+            (50, vec![raft(2, 2, true, 3), raft(1, 2, false, 3)]),
+            // Term 4 is two past any term seen before this step, but this step shows it.
+            (60, vec![accepted(1, "job", "r4", 4), raft(1, 4, true, 4)]),
+        ];
+        let found = run(&mut LeaderChecker::default(), &steps, 70, &End::default());
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn two_leaders_in_one_term() {
+        let steps = vec![
+            (10, vec![raft(1, 2, true, 1)]),
+            (20, vec![raft(2, 2, true, 1)]),
+            (30, vec![raft(2, 2, true, 2)]),
+        ];
+        let found = run(&mut LeaderChecker::default(), &steps, 40, &End::default());
+        assert_one(&found, NAME, 20, &["term 2", "node 2", "{1}"]);
+    }
+
+    #[test]
+    fn fence_from_a_node_that_did_not_lead_its_term() {
+        let steps = vec![
+            (10, vec![raft(1, 1, true, 1), raft(2, 1, false, 1)]),
+            (20, vec![accepted(2, "backup", "r7", 1)]),
+        ];
+        let found = run(&mut LeaderChecker::default(), &steps, 30, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            30,
+            &["run r7", "from node 2", "fence term 1", "led by {1}"],
+        );
+    }
+
+    #[test]
+    fn fence_in_a_term_nobody_was_seen_leading() {
+        let steps = vec![
+            (10, vec![raft(1, 1, true, 1)]),
+            (20, vec![accepted(1, "backup", "r7", 2)]),
+        ];
+        let found = run(&mut LeaderChecker::default(), &steps, 30, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            30,
+            &["run r7", "no node was seen leading term 2"],
+        );
+    }
+
+    #[test]
+    fn impossible_fence_term_is_flagged_at_once_and_only_once() {
+        let steps = vec![
+            (10, vec![raft(1, 1, true, 1)]),
+            (20, vec![accepted(1, "backup", "r7", 3)]),
+            // Term 3 does get a leader later: the fence is still reported once.
+            (30, vec![raft(1, 3, true, 2)]),
+        ];
+        let found = run(&mut LeaderChecker::default(), &steps, 40, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            20,
+            &["fence term 3", "highest term any node has reported is 1"],
+        );
+    }
+}
+
+mod deploys {
+    use super::*;
+
+    const NAME: &str = "acked-deploy-kept";
+
+    #[test]
+    fn clean_trace_with_lagging_follower() {
+        let steps = vec![
+            (10, vec![table(1, 3, &[], &[]), table(2, 3, &[], &[])]),
+            (
+                20,
+                vec![deployed("web", 1, 5), table(1, 5, &[("web", 1)], &[])],
+            ),
+            (
+                30,
+                vec![deployed("web", 2, 7), table(1, 7, &[("web", 2)], &[])],
+            ),
+            // Node 2 has applied only the first deploy.
+            (40, vec![table(2, 5, &[("web", 1)], &[])]),
+            (50, vec![table(2, 8, &[("web", 3)], &[])]),
+        ];
+        let found = run(&mut DeployChecker::default(), &steps, 60, &End::default());
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn older_version_after_the_ack_is_reported_once() {
+        let steps = vec![
+            (
+                10,
+                vec![deployed("web", 2, 6), table(1, 6, &[("web", 2)], &[])],
+            ),
+            (20, vec![table(2, 6, &[("web", 1)], &[])]),
+            (30, vec![table(2, 9, &[("web", 1)], &[])]),
+        ];
+        let found = run(&mut DeployChecker::default(), &steps, 40, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            20,
+            &[
+                "node 2",
+                "applied index 6",
+                "version 1",
+                "version 2 was acknowledged at index 6",
+            ],
+        );
+    }
+
+    #[test]
+    fn table_seen_before_the_ack_is_judged_at_the_ack() {
+        let steps = vec![
+            (10, vec![table(1, 6, &[], &[])]),
+            (20, vec![deployed("web", 1, 6)]),
+        ];
+        let found = run(&mut DeployChecker::default(), &steps, 30, &End::default());
+        assert_one(&found, NAME, 20, &["node 1", "no such app", "app web"]);
+    }
+
+    #[test]
+    fn delete_then_redeploy_restarts_versions() {
+        let steps = vec![
+            (
+                10,
+                vec![deployed("web", 3, 5), table(1, 5, &[("web", 3)], &[])],
+            ),
+            (20, vec![deleted("web", 8), table(1, 8, &[], &[])]),
+            (
+                30,
+                vec![deployed("web", 1, 10), table(1, 10, &[("web", 1)], &[])],
+            ),
+            // A follower between the delete and the redeploy.
+            (40, vec![table(2, 9, &[], &[])]),
+            (50, vec![table(2, 10, &[("web", 1)], &[])]),
+        ];
+        let found = run(&mut DeployChecker::default(), &steps, 60, &End::default());
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn missing_before_the_delete_is_applied() {
+        let steps = vec![
+            (10, vec![deployed("web", 3, 5), deleted("web", 8)]),
+            (20, vec![table(2, 7, &[], &[])]),
+        ];
+        let found = run(&mut DeployChecker::default(), &steps, 30, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            20,
+            &["node 2", "applied index 7", "no such app"],
+        );
+    }
+
+    #[test]
+    fn ack_no_table_ever_reached() {
+        let steps = vec![
+            (10, vec![deployed("web", 1, 12)]),
+            (20, vec![table(1, 11, &[], &[])]),
+        ];
+        let found = run(&mut DeployChecker::default(), &steps, 30, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            30,
+            &[
+                "never applied anywhere",
+                "index 12",
+                "highest applied index any table reported is 11",
+            ],
+        );
+    }
+
+    #[test]
+    fn ack_with_no_table_after_it_is_not_judged_at_the_end() {
+        let steps = vec![
+            (10, vec![table(1, 11, &[], &[])]),
+            (20, vec![deployed("web", 1, 12)]),
+        ];
+        let found = run(&mut DeployChecker::default(), &steps, 30, &End::default());
+        assert!(found.is_empty(), "{found:#?}");
+    }
+}
+
+mod cron {
+    use super::*;
+
+    const NAME: &str = "cron-once";
+
+    fn end(ticks: &[(&str, i64)]) -> End {
+        End {
+            expected_ticks: ticks
+                .iter()
+                .map(|(job, tick)| (job.to_string(), *tick))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn clean_trace() {
+        let fires = [
+            fire("backup", "r1", 60, 0, false),
+            fire("backup", "r2", 60, 1, false),
+            fire("backup", "m1", 60, 0, true),
+            fire("backup", "m2", 60, 0, true),
+        ];
+        let steps = vec![
+            (
+                10,
+                vec![accepted(1, "backup", "r1", 1), table(1, 5, &[], &fires)],
+            ),
+            (20, vec![table(2, 5, &[], &fires[..1])]),
+            (
+                30,
+                vec![accepted(1, "backup", "m2", 1), table(2, 6, &[], &fires)],
+            ),
+        ];
+        let found = run(
+            &mut CronChecker::default(),
+            &steps,
+            40,
+            &end(&[("backup", 60)]),
+        );
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn two_runs_of_one_fire_in_one_table() {
+        let fires = [
+            fire("backup", "r1", 60, 0, false),
+            fire("backup", "r2", 60, 0, false),
+        ];
+        let steps = vec![
+            (10, vec![table(1, 5, &[], &fires)]),
+            (20, vec![table(1, 6, &[], &fires)]),
+        ];
+        let found = run(&mut CronChecker::default(), &steps, 30, &End::default());
+        assert_one(&found, NAME, 10, &["node 1", "tick 60 attempt 0", "r1, r2"]);
+    }
+
+    #[test]
+    fn two_nodes_commit_different_runs_of_one_fire() {
+        let steps = vec![
+            (
+                10,
+                vec![table(1, 5, &[], &[fire("backup", "r1", 60, 0, false)])],
+            ),
+            (
+                20,
+                vec![table(2, 5, &[], &[fire("backup", "r2", 60, 0, false)])],
+            ),
+        ];
+        let found = run(&mut CronChecker::default(), &steps, 30, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            20,
+            &[
+                "committed twice",
+                "node 2's table holds run r2",
+                "node 1's held run r1",
+            ],
+        );
+    }
+
+    #[test]
+    fn worker_ran_an_uncommitted_fire() {
+        let steps = vec![
+            (
+                10,
+                vec![table(1, 5, &[], &[fire("backup", "r1", 60, 0, false)])],
+            ),
+            (
+                20,
+                vec![
+                    accepted(1, "backup", "r9", 1),
+                    accepted(1, "backup", "r9", 1),
+                ],
+            ),
+        ];
+        let found = run(&mut CronChecker::default(), &steps, 30, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            30,
+            &["never committed", "run r9", "job backup"],
+        );
+    }
+
+    #[test]
+    fn due_tick_only_in_a_crashed_node_or_as_a_retry_is_missed() {
+        let steps = vec![
+            (
+                10,
+                vec![table(1, 5, &[], &[fire("backup", "r1", 60, 0, false)])],
+            ),
+            (
+                20,
+                vec![table(2, 5, &[], &[fire("backup", "r2", 60, 1, false)])],
+            ),
+            (30, vec![Event::Crash { node: 1 }]),
+        ];
+        let found = run(
+            &mut CronChecker::default(),
+            &steps,
+            40,
+            &end(&[("backup", 60)]),
+        );
+        assert_one(&found, NAME, 40, &["job backup tick 60 was due", "{2}"]);
+    }
+
+    #[test]
+    fn due_tick_in_a_restarted_node_counts() {
+        let steps = vec![
+            (
+                10,
+                vec![table(1, 5, &[], &[fire("backup", "r1", 60, 0, false)])],
+            ),
+            (20, vec![Event::Crash { node: 1 }]),
+            (30, vec![Event::Restart { node: 1 }]),
+        ];
+        let found = run(
+            &mut CronChecker::default(),
+            &steps,
+            40,
+            &end(&[("backup", 60)]),
+        );
+        assert!(found.is_empty(), "{found:#?}");
+    }
+}
+
+mod members {
+    use super::*;
+
+    const NAME: &str = "members-converge";
+
+    fn checker() -> MembersChecker {
+        MembersChecker::new(&params())
+    }
+
+    #[test]
+    fn clean_trace_through_a_crash() {
+        let steps = vec![
+            (
+                0,
+                vec![
+                    members(1, &[1, 2, 3]),
+                    members(2, &[1, 2, 3]),
+                    members(3, &[1, 2, 3]),
+                ],
+            ),
+            (2_000, vec![Event::Crash { node: 3 }]),
+            (2_600, vec![members(1, &[1, 2])]),
+            (2_900, vec![members(2, &[1, 2])]),
+            (3_000, vec![]),
+            (9_000, vec![]),
+        ];
+        let found = run(&mut checker(), &steps, 10_000, &End::default());
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn judged_only_after_converge_ms_and_once_per_epoch() {
+        let steps = vec![
+            (0, vec![members(1, &[1, 2]), members(2, &[1, 2])]),
+            (2_000, vec![Event::Restart { node: 2 }]),
+            (2_100, vec![members(1, &[1])]),
+            (2_999, vec![]),
+            (3_000, vec![]),
+            (3_500, vec![]),
+        ];
+        let found = run(&mut checker(), &steps, 4_000, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            3_000,
+            &[
+                "node 1 sees live {1}",
+                "live nodes are {1, 2}",
+                "missing {2}",
+                "at 2000 ms",
+            ],
+        );
+    }
+
+    #[test]
+    fn not_judged_while_a_partition_is_in_force() {
+        let steps = vec![
+            (0, vec![members(1, &[1, 2]), members(2, &[1, 2])]),
+            (100, vec![Event::Partition { from: 1, to: 2 }]),
+            (2_500, vec![members(2, &[2])]),
+            (9_000, vec![Event::Heal]),
+            (9_999, vec![]),
+            (10_000, vec![]),
+        ];
+        let found = run(&mut checker(), &steps, 10_500, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            10_000,
+            &["node 2 sees live {2}", "missing {1}"],
+        );
+    }
+
+    #[test]
+    fn silent_node_judged_as_seeing_no_one() {
+        let steps = vec![
+            (0, vec![members(1, &[1, 2]), raft(2, 1, false, 0)]),
+            (500, vec![]),
+        ];
+        let found = run(&mut checker(), &steps, 1_000, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            1_000,
+            &["node 2 sees live {}", "missing {1, 2}"],
+        );
+    }
+
+    #[test]
+    fn late_join_gets_converge_ms() {
+        let steps = vec![
+            (0, vec![members(1, &[1]), members(3, &[3])]),
+            (1_000, vec![]),
+            // Node 3 was already named; node 4 is new.
+            (5_000, vec![members(3, &[3, 4])]),
+            (5_500, vec![]),
+        ];
+        let found = run(&mut checker(), &steps, 6_000, &End::default());
+        let nodes: Vec<&str> = found.iter().map(|found| &found.message[..6]).collect();
+        assert_eq!(
+            nodes,
+            ["node 1", "node 3", "node 1", "node 3", "node 4"],
+            "{found:#?}"
+        );
+        assert_eq!(
+            found.iter().map(|found| found.at_ms).collect::<Vec<_>>(),
+            [1_000, 1_000, 6_000, 6_000, 6_000]
+        );
+    }
+}
+
+mod monotonic {
+    use super::*;
+
+    const NAME: &str = "never-backwards";
+
+    #[test]
+    fn clean_trace_with_restart_and_delete() {
+        let steps = vec![
+            (
+                10,
+                vec![raft(1, 2, true, 8), table(1, 8, &[("web", 3)], &[])],
+            ),
+            (20, vec![Event::Crash { node: 1 }]),
+            // The committed floor resets; the term and the table do not go back.
+            (
+                30,
+                vec![
+                    Event::Restart { node: 1 },
+                    raft(1, 2, false, 0),
+                    table(1, 8, &[("web", 3)], &[]),
+                ],
+            ),
+            // Deleted, then redeployed from version 1.
+            (40, vec![table(1, 9, &[], &[])]),
+            (50, vec![table(1, 10, &[("web", 1)], &[])]),
+            (55, vec![table(1, 10, &[("web", 4)], &[])]),
+            // A delete and a redeploy both applied between two observations.
+            (
+                60,
+                vec![deleted("web", 11), table(1, 12, &[("web", 1)], &[])],
+            ),
+        ];
+        let found = run(
+            &mut MonotonicChecker::default(),
+            &steps,
+            70,
+            &End::default(),
+        );
+        assert!(found.is_empty(), "{found:#?}");
+    }
+
+    #[test]
+    fn term_goes_back_across_restart() {
+        let steps = vec![
+            (10, vec![raft(1, 3, true, 5)]),
+            (20, vec![Event::Crash { node: 1 }]),
+            (30, vec![Event::Restart { node: 1 }, raft(1, 2, false, 0)]),
+        ];
+        let found = run(
+            &mut MonotonicChecker::default(),
+            &steps,
+            40,
+            &End::default(),
+        );
+        assert_one(
+            &found,
+            NAME,
+            30,
+            &["node 1 raft term went backwards: 3 -> 2"],
+        );
+    }
+
+    #[test]
+    fn committed_goes_back_without_restart() {
+        let steps = vec![
+            (10, vec![raft(1, 3, true, 5)]),
+            (20, vec![raft(1, 3, true, 4)]),
+        ];
+        let found = run(
+            &mut MonotonicChecker::default(),
+            &steps,
+            30,
+            &End::default(),
+        );
+        assert_one(
+            &found,
+            NAME,
+            20,
+            &["node 1 raft committed index went backwards: 5 -> 4"],
+        );
+    }
+
+    #[test]
+    fn applied_goes_back_across_restart() {
+        let steps = vec![
+            (10, vec![table(2, 7, &[], &[])]),
+            (20, vec![Event::Crash { node: 2 }]),
+            (30, vec![Event::Restart { node: 2 }, table(2, 6, &[], &[])]),
+        ];
+        let found = run(
+            &mut MonotonicChecker::default(),
+            &steps,
+            40,
+            &End::default(),
+        );
+        assert_one(
+            &found,
+            NAME,
+            30,
+            &["node 2 table applied index went backwards: 7 -> 6"],
+        );
+    }
+
+    #[test]
+    fn version_goes_back_without_delete() {
+        let steps = vec![
+            (10, vec![table(2, 7, &[("web", 3), ("api", 1)], &[])]),
+            // A delete acknowledged outside (7, 9] does not excuse it.
+            (
+                20,
+                vec![
+                    deleted("web", 12),
+                    table(2, 9, &[("web", 2), ("api", 1)], &[]),
+                ],
+            ),
+        ];
+        let found = run(
+            &mut MonotonicChecker::default(),
+            &steps,
+            30,
+            &End::default(),
+        );
+        assert_one(
+            &found,
+            NAME,
+            20,
+            &["node 2 app web version went backwards: 3 -> 2"],
+        );
+    }
+
+    #[test]
+    fn a_drop_is_reported_once() {
+        let steps = vec![
+            (10, vec![raft(1, 3, true, 5)]),
+            (20, vec![raft(1, 2, true, 5)]),
+            (30, vec![raft(1, 2, true, 6)]),
+        ];
+        let found = run(
+            &mut MonotonicChecker::default(),
+            &steps,
+            40,
+            &End::default(),
+        );
+        assert_one(&found, NAME, 20, &["raft term went backwards: 3 -> 2"]);
+    }
+}
+
+#[test]
+fn violations_do_not_depend_on_map_order() {
+    // The same broken trace twice gives the same violations, in the same order.
+    let steps: Vec<Step> = vec![
+        (
+            0,
+            vec![members(3, &[3]), members(1, &[1]), members(2, &[2])],
+        ),
+        (
+            10,
+            vec![table(
+                2,
+                5,
+                &[("b", 1), ("a", 1)],
+                &[fire("j", "x", 1, 0, false)],
+            )],
+        ),
+        (20, vec![deployed("a", 2, 5), deployed("b", 2, 5)]),
+        (30, vec![table(1, 5, &[], &[fire("j", "y", 1, 0, false)])]),
+    ];
+    let verdicts = || -> Vec<Violation> {
+        let mut found = Vec::new();
+        for mut checker in all(&params()) {
+            found.extend(run(checker.as_mut(), &steps, 2_000, &End::default()));
+        }
+        found
+    };
+    let first = verdicts();
+    assert_eq!(first, verdicts());
+    let checkers: BTreeSet<&str> = first.iter().map(|found| found.checker).collect();
+    let expected = BTreeSet::from(["acked-deploy-kept", "cron-once", "members-converge"]);
+    assert_eq!(checkers, expected, "{first:#?}");
+}

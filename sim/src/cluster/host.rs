@@ -1,0 +1,317 @@
+//! One simulated node: the real control plane ([`Cluster`]: raft, gossip, orchestrator duties,
+//! the cron duty) on its own paused tokio runtime, with a data dir that outlives crashes.
+//!
+//! The runtime is the node's process: [`Host::crash`] drops it, and with it every task the node
+//! spawned; [`Host::start`] builds a new one on the same data dir. The harness steps each
+//! runtime by 1 ms of virtual time with [`Host::step`].
+//!
+//! Workers run no containers: a [`StubWorker`] takes the jobs the orchestrator dispatches,
+//! records them, and reports each run started and then succeeded through raft, as a worker
+//! would.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use shoal::bundle::{BundleLimits, BundleStore};
+use shoal::cluster::identity::Identity;
+use shoal::cluster::{Cluster, ClusterConfig, Environment, RaftTiming};
+use shoal::dataplane::jobs::{JobMessage, KIND_JOB};
+use shoal::dataplane::view::WORKER_KEY;
+use shoal::raft::state_machine::Replica;
+use shoal::runs::{RunEnd, RunState};
+use shoal::state::Command;
+use shoal_mesh::link::{LinkRecv, LinkSend, StreamHandler};
+use shoal_mesh::quic::{read_frame, write_frame};
+use tokio_util::sync::CancellationToken;
+
+use super::gossip_net::GossipNet;
+use super::link::{SimLink, Switchboard};
+use super::net::Net;
+use crate::trace::{Event, NodeId};
+
+/// The Unix time (ms) at which every simulation starts: 2026-01-01T00:00:00Z.
+pub const EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// How long a stub worker's run takes to start, and then to succeed.
+const RUN_START: Duration = Duration::from_millis(200);
+const RUN_LENGTH: Duration = Duration::from_millis(300);
+
+/// What every node of one run shares: the network, and where events are recorded.
+#[derive(Clone)]
+pub struct Shared {
+    /// The simulated network.
+    pub net: Net,
+    /// Gossip over it.
+    pub gossip: GossipNet,
+    /// Streams over it.
+    pub board: Switchboard,
+    /// Events the nodes' tasks record (job runs, acknowledged writes), drained every step.
+    pub outbox: Arc<Mutex<Vec<Event>>>,
+    /// The admin token every node is given.
+    pub token: String,
+}
+
+impl Shared {
+    /// Records `event`.
+    pub fn record(&self, event: Event) {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(event);
+    }
+
+    /// Takes what was recorded since the last call.
+    pub fn drain(&self) -> Vec<Event> {
+        std::mem::take(
+            &mut *self
+                .outbox
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
+/// One node of the simulated cluster.
+pub struct Host {
+    /// Its raft id.
+    pub id: NodeId,
+    /// Its name (`n0`, `n1`, ...).
+    pub name: String,
+    /// A voter, or a worker only.
+    pub voter: bool,
+    identity: Identity,
+    dir: tempfile::TempDir,
+    running: Option<Running>,
+}
+
+struct Running {
+    cluster: Arc<Cluster>,
+    // Dropped after `cluster` (fields drop in order): the node's tasks go with it.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Host {
+    /// A node that has not started yet.
+    pub fn new(id: NodeId, name: String, voter: bool, identity: Identity) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("shoal-sim-{name}-"))
+            .tempdir()
+            .context("cannot make the node's data dir")?;
+        Ok(Self {
+            id,
+            name,
+            voter,
+            identity,
+            dir,
+            running: None,
+        })
+    }
+
+    /// The address its QUIC endpoint would have (what raft and gossip carry).
+    pub fn quic_addr(&self) -> SocketAddr {
+        SocketAddr::new(ip_of(self.id), 7001)
+    }
+
+    /// Whether the node is up.
+    pub fn is_up(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Its control plane, while it is up.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.running.as_ref().map(|running| &running.cluster)
+    }
+
+    /// Starts the node on its data dir (`fresh_seed` for the first voter of a new cluster).
+    pub fn start(
+        &mut self,
+        shared: &Shared,
+        fresh_seed: bool,
+        timing: RaftTiming,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(self.running.is_none(), "node {} is already up", self.name);
+        shared.net.set_down(self.id, false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .context("cannot build the node's runtime")?;
+        let data_dir: PathBuf = self.dir.path().to_owned();
+        std::fs::create_dir_all(data_dir.join("raft"))?;
+        let replica = Replica::open(&data_dir.join("raft").join("state.redb"))
+            .map_err(|error| anyhow::anyhow!("cannot open the app table: {error}"))?;
+        let bundles = Arc::new(BundleStore::open(
+            &data_dir.join("bundles"),
+            BundleLimits::default(),
+        )?);
+        let worker = Arc::new(StubWorker {
+            node: self.id,
+            shared: shared.clone(),
+            cluster: OnceLock::new(),
+        });
+        let net = shared.net.clone();
+        let board = shared.board.clone();
+        let handle = runtime.handle().clone();
+        let (id, quic) = (self.id, self.quic_addr());
+        let link_net = net.clone();
+        let env = Environment {
+            clock: Arc::new(move || EPOCH_MS + net.now_ms()),
+            link: Some(Box::new(move |handler: Arc<dyn StreamHandler>| {
+                board.register(id, handler, handle);
+                Ok(Arc::new(SimLink::new(id, quic, link_net, board.clone()))
+                    as Arc<dyn shoal_mesh::link::PeerLink>)
+            })),
+            gossip: Some((
+                shared.gossip.transport(self.id),
+                shared.gossip.addr(self.id),
+            )),
+            raft: timing,
+        };
+        let config = ClusterConfig {
+            node_name: self.name.clone(),
+            advertise: ip_of(self.id),
+            gossip: shared.gossip.addr(self.id),
+            quic,
+            http: SocketAddr::new(ip_of(self.id), 8080),
+            api: SocketAddr::new(ip_of(self.id), 8081),
+            data_dir,
+            dead_after: Duration::from_secs(2),
+        };
+        let start = Cluster::start_in(
+            env,
+            config,
+            self.identity.clone(),
+            fresh_seed,
+            replica,
+            bundles,
+            shared.token.clone(),
+            worker.clone(),
+            CancellationToken::new(),
+        );
+        let cluster = runtime.block_on(start)?;
+        let _ = worker.cluster.set(Arc::downgrade(&cluster));
+        // What a node's load loop publishes, with fixed host facts (never this machine's).
+        cluster.set_load(
+            [
+                (WORKER_KEY, "1"),
+                ("instances", "0"),
+                ("in_flight", "0"),
+                ("cpus", "2"),
+                ("mem_available_mib", "4096"),
+            ]
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect(),
+        );
+        self.running = Some(Running { cluster, runtime });
+        Ok(())
+    }
+
+    /// Kills the node: its runtime and every task on it are dropped; the data dir stays.
+    pub fn crash(&mut self, shared: &Shared) {
+        shared.board.unregister(self.id);
+        shared.net.set_down(self.id, true);
+        if let Some(running) = self.running.take() {
+            let Running { cluster, runtime } = running;
+            drop(cluster);
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Runs the node's tasks through `dt` of virtual time.
+    pub fn step(&self, dt: Duration) {
+        if let Some(running) = &self.running {
+            running
+                .runtime
+                .block_on(async move { tokio::time::sleep(dt).await });
+        }
+    }
+
+    /// Runs `task` on the node (a client request to it); nothing if it is down.
+    pub fn spawn<F>(&self, task: impl FnOnce(Arc<Cluster>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(running) = &self.running {
+            running.runtime.spawn(task(running.cluster.clone()));
+        }
+    }
+}
+
+/// The fixed fake IP of a node.
+fn ip_of(id: NodeId) -> IpAddr {
+    let [.., a, b, c] = id.to_be_bytes();
+    IpAddr::V4(Ipv4Addr::new(10, a, b, c.max(1)))
+}
+
+/// A worker without containers: takes dispatched runs and reports them done.
+struct StubWorker {
+    node: NodeId,
+    shared: Shared,
+    cluster: OnceLock<Weak<Cluster>>,
+}
+
+#[async_trait]
+impl StreamHandler for StubWorker {
+    async fn handle(&self, peer: u64, kind: u8, mut send: LinkSend, mut recv: LinkRecv) {
+        if kind != KIND_JOB {
+            return;
+        }
+        let Ok(frame) = read_frame(&mut recv, 64 << 10).await else {
+            return;
+        };
+        let Ok(message) = serde_json::from_slice::<JobMessage>(&frame) else {
+            return;
+        };
+        let reply: Result<(), String> = Ok(());
+        let bytes = serde_json::to_vec(&reply).unwrap_or_default();
+        if write_frame(&mut send, &bytes).await.is_err() {
+            return;
+        }
+        let _ = send.finish();
+        let JobMessage::Run(dispatch) = message else {
+            return;
+        };
+        self.shared.record(Event::JobAccepted {
+            worker: self.node,
+            from: peer,
+            job: dispatch.job.clone(),
+            run_id: dispatch.run_id.clone(),
+            fence_term: dispatch.fence.term,
+            fence_index: dispatch.fence.index,
+        });
+        let Some(cluster) = self.cluster.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let node = self.node;
+        tokio::spawn(async move {
+            tokio::time::sleep(RUN_START).await;
+            let started = Command::RunStarted {
+                job: dispatch.job.clone(),
+                run_id: dispatch.run_id.clone(),
+                worker: node,
+                at_ms: cluster.now_ms(),
+            };
+            if cluster.propose(started).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(RUN_LENGTH).await;
+            let ended = Command::RunEnded {
+                job: dispatch.job,
+                run_id: dispatch.run_id,
+                end: RunEnd {
+                    state: RunState::Succeeded,
+                    exit_code: Some(0),
+                    log_tail: String::new(),
+                    reason: None,
+                    at_ms: cluster.now_ms(),
+                },
+            };
+            let _ = cluster.propose(ended).await;
+        });
+    }
+}

@@ -1,0 +1,18 @@
+//! The whole-cluster harness: several real nodes (their control plane: raft, gossip, the
+//! orchestrator and its cron duty) in one process, each on its own paused tokio runtime,
+//! stepped in lockstep over a simulated network, with faults and a workload drawn from a seed.
+//!
+//! - `net`: the broker every cross-node message goes through (latency, loss, partitions).
+//! - `gossip_net`: chitchat datagrams over it; `link`: node-to-node streams over it.
+//! - `host`: one node, its runtime and data dir; crash and restart.
+//! - `run`: one seed: scenario, loop, observations, checkers, trace hash.
+
+pub mod gossip_net;
+pub mod host;
+pub mod link;
+pub mod net;
+pub mod run;
+
+#[cfg(test)]
+#[path = "net_tests.rs"]
+mod net_tests;
