@@ -8,6 +8,8 @@
 pub enum Bug {
     /// The cron duty dispatches a due tick without committing its `Fire` through raft.
     CronFireWithoutCommit,
+    /// The cron duty dispatches runs to workers gossip reports dead.
+    DispatchIgnoresLiveness,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -17,6 +19,7 @@ impl Bug {
     fn bit(self) -> u32 {
         match self {
             Self::CronFireWithoutCommit => 1,
+            Self::DispatchIgnoresLiveness => 2,
         }
     }
 }

@@ -13,9 +13,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 static STATE: AtomicU64 = AtomicU64::new(0x5EED_0F5E_ED0F_5EED);
 
+/// Set when the environment asks for the operating system's entropy instead.
+static FROM_OS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The environment variable that turns the interception off (`SHOAL_SIM_OS_ENTROPY=1`): runs
+/// then draw real randomness and stop being reproducible, which shows what the interception
+/// is for (the determinism check fails).
+pub const OS_ENTROPY_VAR: &str = "SHOAL_SIM_OS_ENTROPY";
+
 /// Mixes `seed` into the stream; call it before the run builds anything.
 pub fn reseed(seed: u64) {
     STATE.store(splitmix(seed ^ 0x9E37_79B9_7F4A_7C15), Ordering::SeqCst);
+    let from_os = std::env::var_os(OS_ENTROPY_VAR).is_some_and(|value| value == "1");
+    FROM_OS.store(from_os, Ordering::SeqCst);
+}
+
+/// Fills `buf` from `/dev/urandom` (only when the interception is turned off).
+fn fill_from_os(buf: &mut [u8]) -> bool {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| file.read_exact(buf))
+        .is_ok()
 }
 
 /// How many bytes were handed out (a run that drew none was not intercepted).
@@ -38,6 +56,14 @@ fn splitmix(mut z: u64) -> u64 {
 /// `buf` must be valid for writes of `len` bytes, as for the libc function.
 #[no_mangle]
 pub unsafe extern "C" fn getrandom(buf: *mut u8, len: usize, _flags: u32) -> isize {
+    DRAWN.fetch_add(len as u64, Ordering::Relaxed);
+    if FROM_OS.load(Ordering::Relaxed) && len > 0 {
+        // SAFETY: the caller guarantees `buf..buf+len` is writable.
+        let slice = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+        if fill_from_os(slice) {
+            return isize::try_from(len).unwrap_or(isize::MAX);
+        }
+    }
     let mut written = 0;
     while written < len {
         let word = splitmix(STATE.fetch_add(1, Ordering::SeqCst)).to_le_bytes();
@@ -46,6 +72,5 @@ pub unsafe extern "C" fn getrandom(buf: *mut u8, len: usize, _flags: u32) -> isi
         unsafe { std::ptr::copy_nonoverlapping(word.as_ptr(), buf.add(written), take) };
         written += take;
     }
-    DRAWN.fetch_add(len as u64, Ordering::Relaxed);
     isize::try_from(len).unwrap_or(isize::MAX)
 }

@@ -61,12 +61,15 @@ enum Command {
 enum PlantedBug {
     /// The cron duty dispatches a due tick without committing its fire through raft.
     CronFireWithoutCommit,
+    /// The cron duty dispatches runs to workers gossip reports dead.
+    DispatchIgnoresLiveness,
 }
 
 impl PlantedBug {
     fn name(self) -> &'static str {
         match self {
             Self::CronFireWithoutCommit => "cron-fire-without-commit",
+            Self::DispatchIgnoresLiveness => "dispatch-ignores-liveness",
         }
     }
 }
@@ -83,6 +86,9 @@ struct RunArgs {
     /// Plant a bug.
     #[arg(long)]
     bug: Option<PlantedBug>,
+    /// Nodes (3 to 10; default: drawn from the seed, 3 to 5). Three of them vote.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(3..=10))]
+    nodes: Option<u8>,
     /// Print the whole trace (one line per event) before the report.
     #[arg(long)]
     trace: bool,
@@ -229,16 +235,16 @@ fn main() -> ExitCode {
 fn run_one(args: &RunArgs) -> anyhow::Result<bool> {
     entropy::reseed(args.seed);
     if let Some(bug) = args.bug {
-        match bug {
-            PlantedBug::CronFireWithoutCommit => {
-                shoal::planted::plant(shoal::planted::Bug::CronFireWithoutCommit)
-            }
-        }
+        shoal::planted::plant(match bug {
+            PlantedBug::CronFireWithoutCommit => shoal::planted::Bug::CronFireWithoutCommit,
+            PlantedBug::DispatchIgnoresLiveness => shoal::planted::Bug::DispatchIgnoresLiveness,
+        });
     }
     let started = Instant::now();
     let report = cluster_run::run(&cluster_run::Options {
         seed: args.seed,
         seconds: args.seconds,
+        nodes: args.nodes.map(usize::from),
         keep_trace: args.trace,
         stop_at_violation: false,
     })?;

@@ -104,6 +104,15 @@ pub enum Event {
         /// The log index it committed at.
         index: u64,
     },
+    /// A node opened a stream to send a peer work (`what`: "job run" or "request").
+    Routed {
+        /// The sender.
+        from: NodeId,
+        /// The peer.
+        to: NodeId,
+        /// What it sent.
+        what: String,
+    },
     /// A worker accepted a run an orchestrator sent it.
     JobAccepted {
         /// The worker.

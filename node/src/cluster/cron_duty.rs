@@ -358,7 +358,8 @@ impl Cluster {
         let mut workers: Vec<_> = view
             .workers
             .iter()
-            .filter(|w| w.live && w.runs_apps)
+            .filter(|w| w.live || ignore_liveness())
+            .filter(|w| w.runs_apps)
             .collect();
         let key = format!("{job}/{run_id}");
         workers.sort_by_key(|w| {
@@ -405,6 +406,11 @@ impl Cluster {
             .await
             .unwrap_or_else(|_| Err("no answer within 3s".into()))
     }
+}
+
+/// Whether the simulator planted the bug that dispatches to dead workers.
+fn ignore_liveness() -> bool {
+    crate::planted::enabled(crate::planted::Bug::DispatchIgnoresLiveness)
 }
 
 #[cfg(test)]

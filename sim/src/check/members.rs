@@ -90,7 +90,10 @@ impl MembersChecker {
                 }
                 self.members.insert(*node, live.clone());
             }
-            Event::DeployAcked { .. } | Event::DeleteAcked { .. } | Event::JobAccepted { .. } => {}
+            Event::DeployAcked { .. }
+            | Event::DeleteAcked { .. }
+            | Event::JobAccepted { .. }
+            | Event::Routed { .. } => {}
         }
     }
 

@@ -9,19 +9,22 @@
 //! - [`deploys`]: an acknowledged deploy is never lost;
 //! - [`cron`]: each cron (job, tick) fires at most once, and at least once when it should;
 //! - [`members`]: gossip's live sets converge on the truth once faults stop;
-//! - [`monotonic`]: terms, commit indexes, applied indexes and release versions never go back.
+//! - [`monotonic`]: terms, commit indexes, applied indexes and release versions never go back;
+//! - [`routes`]: no work is sent to a node dead for longer than the detection bound.
 
 pub mod cron;
 pub mod deploys;
 pub mod leader;
 pub mod members;
 pub mod monotonic;
+pub mod routes;
 
 pub use cron::CronChecker;
 pub use deploys::DeployChecker;
 pub use leader::LeaderChecker;
 pub use members::MembersChecker;
 pub use monotonic::MonotonicChecker;
+pub use routes::RouteChecker;
 
 use crate::trace::{Event, NodeId, Violation};
 
@@ -66,6 +69,7 @@ pub fn all(params: &Params) -> Vec<Box<dyn Checker>> {
         Box::new(CronChecker::default()),
         Box::new(MembersChecker::new(params)),
         Box::new(MonotonicChecker::default()),
+        Box::new(RouteChecker::new(params)),
     ]
 }
 

@@ -108,12 +108,13 @@ fn params() -> Params {
 }
 
 #[test]
-fn all_has_five_checkers_with_distinct_names() {
+fn all_has_six_checkers_with_distinct_names() {
     let checkers = all(&params());
     let names: BTreeSet<&str> = checkers.iter().map(|checker| checker.name()).collect();
-    assert_eq!(checkers.len(), 5);
-    assert_eq!(names.len(), 5);
+    assert_eq!(checkers.len(), 6);
+    assert_eq!(names.len(), 6);
     for name in [
+        "no-route-to-dead",
         "one-leader-per-term",
         "acked-deploy-kept",
         "cron-once",
@@ -767,4 +768,94 @@ fn violations_do_not_depend_on_map_order() {
     let checkers: BTreeSet<&str> = first.iter().map(|found| found.checker).collect();
     let expected = BTreeSet::from(["acked-deploy-kept", "cron-once", "members-converge"]);
     assert_eq!(checkers, expected, "{first:#?}");
+}
+
+// ---- no-route-to-dead ----
+
+fn routed(from: NodeId, to: NodeId) -> Event {
+    Event::Routed {
+        from,
+        to,
+        what: "job run".into(),
+    }
+}
+
+fn partition(from: NodeId, to: NodeId) -> Event {
+    Event::Partition { from, to }
+}
+
+/// Work may go to a crashed node until the detection bound (2 s + 1 s) has passed, to a
+/// restarted node at once, and to a node that is cut off from some peers but still heard
+/// through another.
+#[test]
+fn routes_within_the_bound_or_to_reachable_nodes_pass() {
+    let mut checker = RouteChecker::new(&params());
+    let steps = vec![
+        (
+            1,
+            vec![
+                raft(1, 1, true, 1),
+                raft(2, 1, false, 1),
+                raft(3, 1, false, 1),
+            ],
+        ),
+        (100, vec![Event::Crash { node: 2 }]),
+        (3_000, vec![routed(1, 2)]),
+        (3_100, vec![routed(1, 2)]),
+        (3_500, vec![Event::Restart { node: 2 }]),
+        (3_600, vec![routed(1, 2)]),
+        // 3 cannot reach 1 directly, but 2 still hears it and relays its heartbeat.
+        (4_000, vec![partition(3, 1)]),
+        (9_000, vec![routed(1, 3)]),
+    ];
+    let violations = run(&mut checker, &steps, 10_000, &End::default());
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// A route to a node crashed longer than the bound is reported, with how long it was dead.
+#[test]
+fn a_route_to_a_long_crashed_node_is_reported() {
+    let mut checker = RouteChecker::new(&params());
+    let steps = vec![
+        (1, vec![raft(1, 1, true, 1), raft(2, 1, false, 1)]),
+        (100, vec![Event::Crash { node: 2 }]),
+        (3_200, vec![routed(1, 2)]),
+    ];
+    let violations = run(&mut checker, &steps, 4_000, &End::default());
+    assert_one(
+        &violations,
+        "no-route-to-dead",
+        3_200,
+        &["node 1 sent a job run to node 2", "dead for 3100 ms"],
+    );
+}
+
+/// A node whose every outgoing path is blocked is dead to the others from the last block
+/// on; a heal ends it.
+#[test]
+fn a_route_to_an_isolated_node_is_reported_until_the_heal() {
+    let mut checker = RouteChecker::new(&params());
+    let steps = vec![
+        (
+            1,
+            vec![
+                raft(1, 1, true, 1),
+                raft(2, 1, false, 1),
+                raft(3, 1, false, 1),
+            ],
+        ),
+        (1_000, vec![partition(3, 1)]),
+        (2_000, vec![partition(3, 2)]),
+        (4_500, vec![routed(1, 3)]),
+        (5_500, vec![routed(1, 3)]),
+        (6_000, vec![Event::Heal]),
+        (9_000, vec![routed(1, 3)]),
+    ];
+    let violations = run(&mut checker, &steps, 10_000, &End::default());
+    assert_one(
+        &violations,
+        "no-route-to-dead",
+        5_500,
+        &["node 1 sent a job run to node 3", "since 2000 ms"],
+    );
 }

@@ -21,6 +21,7 @@ use shoal::cluster::identity::Identity;
 use shoal::cluster::{Cluster, ClusterConfig, Environment, RaftTiming};
 use shoal::dataplane::jobs::{JobMessage, KIND_JOB};
 use shoal::dataplane::view::WORKER_KEY;
+use shoal::dataplane::KIND_FORWARD;
 use shoal::raft::state_machine::Replica;
 use shoal::runs::{RunEnd, RunState};
 use shoal::state::Command;
@@ -29,7 +30,7 @@ use shoal_mesh::quic::{read_frame, write_frame};
 use tokio_util::sync::CancellationToken;
 
 use super::gossip_net::GossipNet;
-use super::link::{SimLink, Switchboard};
+use super::link::{OpenHook, SimLink, Switchboard};
 use super::net::Net;
 use crate::trace::{Event, NodeId};
 
@@ -158,12 +159,25 @@ impl Host {
         let handle = runtime.handle().clone();
         let (id, quic) = (self.id, self.quic_addr());
         let link_net = net.clone();
+        let recorder = shared.clone();
+        let on_open: OpenHook = Arc::new(move |from, to, kind| {
+            let what = match kind {
+                KIND_JOB => "job run",
+                KIND_FORWARD => "request",
+                _ => return,
+            };
+            recorder.record(Event::Routed {
+                from,
+                to,
+                what: what.to_owned(),
+            });
+        });
         let env = Environment {
             clock: Arc::new(move || EPOCH_MS + net.now_ms()),
             link: Some(Box::new(move |handler: Arc<dyn StreamHandler>| {
                 board.register(id, handler, handle);
-                Ok(Arc::new(SimLink::new(id, quic, link_net, board.clone()))
-                    as Arc<dyn shoal_mesh::link::PeerLink>)
+                let link = SimLink::new(id, quic, link_net, board.clone()).on_open(on_open);
+                Ok(Arc::new(link) as Arc<dyn shoal_mesh::link::PeerLink>)
             })),
             gossip: Some((
                 shared.gossip.transport(self.id),

@@ -72,6 +72,9 @@ impl Switchboard {
     }
 }
 
+/// Told of every stream a node opens: (from, to, kind).
+pub type OpenHook = Arc<dyn Fn(NodeId, NodeId, u8) + Send + Sync>;
+
 /// One node's [`PeerLink`] over the simulated network.
 pub struct SimLink {
     node: NodeId,
@@ -79,6 +82,7 @@ pub struct SimLink {
     net: Net,
     board: Switchboard,
     dials: AtomicU64,
+    on_open: Option<OpenHook>,
 }
 
 impl SimLink {
@@ -90,7 +94,14 @@ impl SimLink {
             net,
             board,
             dials: AtomicU64::new(0),
+            on_open: None,
         }
+    }
+
+    /// Calls `hook` with every stream this node opens, before it is dialed.
+    pub fn on_open(mut self, hook: OpenHook) -> Self {
+        self.on_open = Some(hook);
+        self
     }
 }
 
@@ -115,6 +126,9 @@ impl PeerLink for SimLink {
         kind: u8,
     ) -> Result<(LinkSend, LinkRecv), QuicError> {
         self.dials.fetch_add(1, Ordering::Relaxed);
+        if let Some(hook) = &self.on_open {
+            hook(self.node, peer, kind);
+        }
         let reachable = self.board.endpoint(peer).is_some()
             && !self.net.blocked(self.node, peer)
             && !self.net.blocked(peer, self.node);

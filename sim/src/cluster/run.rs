@@ -48,6 +48,8 @@ pub struct Options {
     pub seed: u64,
     /// Virtual seconds.
     pub seconds: u64,
+    /// Nodes, instead of the seed's draw (3 to 5).
+    pub nodes: Option<usize>,
     /// Keep the trace text (for `--replay`).
     pub keep_trace: bool,
     /// Stop at the first violation.
@@ -97,6 +99,10 @@ fn violations_text<S: serde::Serializer>(v: &[Violation], s: S) -> Result<S::Ok,
 #[derive(Clone, Debug)]
 enum Action {
     Crash(usize),
+    /// Crash whichever voter leads at that moment; restart it `after_ms` later.
+    CrashLeader {
+        after_ms: u64,
+    },
     Restart(usize),
     Partition {
         from: usize,
@@ -126,8 +132,9 @@ struct Scenario {
 }
 
 impl Scenario {
-    fn draw(rng: &mut StdRng, end_ms: u64) -> Self {
-        let nodes = rng.gen_range(3..=5);
+    fn draw(rng: &mut StdRng, end_ms: u64, nodes: Option<usize>) -> Self {
+        let drawn = rng.gen_range(3..=5);
+        let nodes = nodes.unwrap_or(drawn);
         let voters = 3;
         let net_faults = Faults {
             latency_ms: (1, rng.gen_range(2..=8)),
@@ -166,7 +173,7 @@ impl Scenario {
                 },
             );
         }
-        if rng.gen_bool(0.5) {
+        if rng.gen_bool(0.5) && fault_end > 8_000 {
             at(
                 rng.gen_range(8_000..fault_end),
                 Action::Delete {
@@ -185,7 +192,8 @@ impl Scenario {
                 break;
             }
             let node = rng.gen_range(0..nodes);
-            match rng.gen_range(0..4) {
+            match rng.gen_range(0..5) {
+                4 => at(t, Action::CrashLeader { after_ms: lasts }),
                 0 => {
                     at(t, Action::Crash(node));
                     at(t + lasts, Action::Restart(node));
@@ -242,7 +250,7 @@ impl Scenario {
 pub fn run(options: &Options) -> anyhow::Result<Report> {
     let mut rng = StdRng::seed_from_u64(options.seed);
     let end_ms = options.seconds * 1000;
-    let scenario = Scenario::draw(&mut rng, end_ms);
+    let scenario = Scenario::draw(&mut rng, end_ms, options.nodes);
     let net = Net::new(rng.gen(), scenario.net_faults.clone());
     let shared = Shared {
         gossip: GossipNet::new(net.clone()),
@@ -268,17 +276,29 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
         host.start(&shared, index == 0, timing(&mut rng))
             .with_context(|| format!("cannot start {}", host.name))?;
     }
+    let mut timeline = scenario.timeline.clone();
     let mut now = 0;
     while now < end_ms {
         now += 1;
         let mut events = Vec::new();
-        if let Some(actions) = scenario.timeline.get(&now) {
-            for action in actions {
-                let event = act(action, &mut hosts, &shared, &mut rng)?;
-                if let Some(event) = event {
-                    faults.push(format!("{now} ms: {event:?}"));
-                    events.push(event);
-                }
+        for action in timeline.remove(&now).unwrap_or_default() {
+            let later = match action {
+                Action::CrashLeader { after_ms } => leader_of(&hosts).map(|index| {
+                    let restart = (now + after_ms, Action::Restart(index));
+                    (Action::Crash(index), Some(restart))
+                }),
+                action => Some((action, None)),
+            };
+            let Some((action, then)) = later else {
+                continue;
+            };
+            if let Some((at, then)) = then {
+                timeline.entry(at).or_default().push(then);
+            }
+            let event = act(&action, &mut hosts, &shared, &mut rng)?;
+            if let Some(event) = event {
+                faults.push(format!("{now} ms: {event:?}"));
+                events.push(event);
             }
         }
         net.advance_to(now);
@@ -387,6 +407,7 @@ fn act(
     rng: &mut StdRng,
 ) -> anyhow::Result<Option<Event>> {
     Ok(match action {
+        Action::CrashLeader { .. } => None,
         Action::Crash(index) => {
             let host = &mut hosts[*index];
             host.crash(shared);
@@ -448,6 +469,15 @@ fn act(
             });
             None
         }
+    })
+}
+
+/// The voter that leads now, if one does.
+fn leader_of(hosts: &[Host]) -> Option<usize> {
+    hosts.iter().position(|host| {
+        host.cluster()
+            .and_then(|cluster| cluster.raft_metrics())
+            .is_some_and(|metrics| metrics.state == openraft::ServerState::Leader)
     })
 }
 
