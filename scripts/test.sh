@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need, checks formatting and lints,
-# then runs every unit and end-to-end test of the workspace.
+# then runs every unit and end-to-end test of the workspace, a batch of simulator seeds (with
+# the determinism check) and the fuzz targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,13 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
+# The whole-cluster simulator: a fixed batch of seeds, each run twice in fresh processes
+# (their trace hashes must match), on the debug build the tests just made. A longer run for
+# nightly use: cargo run -p shoal-sim --release -- --seeds 2000 --check-determinism
+echo "==> simulator: 48 seeds, each run twice"
+sim_status=0
+cargo run -p shoal-sim --quiet -- --seeds 48 --check-determinism || sim_status=$?
+
 # Fuzzing runs whatever the tests did; its failure fails the run too.
 echo "==> fuzz"
 fuzz_status=0
@@ -34,6 +42,9 @@ scripts/fuzz.sh || fuzz_status=$?
 # close with the total, so the last line tells what the whole suite did.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+if [ "$status" -eq 0 ]; then
+    status=$sim_status
+fi
 if [ "$status" -eq 0 ]; then
     status=$fuzz_status
 fi

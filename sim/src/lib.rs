@@ -7,9 +7,11 @@
 //!   stop) and gossip that reaches each node a few rounds late; it reports instance and node
 //!   load balance and cold starts. `shoal-sim balance` runs it.
 //!
-//! Planned beside it: a harness that runs several real nodes in one process on virtual time
-//! with a simulated network, clock, container runtime and disk; workloads and fault injection
-//! driven by one seed; and one pure checker per invariant of DESIGN §8 (`shoal-sim --seeds N`).
+//! - `cluster`: the whole-cluster harness. Several real nodes' control planes (raft, gossip, the
+//!   orchestrator and its cron duty) in one process on virtual time, over a simulated network,
+//!   with faults and a workload drawn from one seed. `shoal-sim --seeds N` runs it.
+//! - `check`: one pure checker per invariant of DESIGN §8, fed the trace after every step.
+//! - `trace`: the events a run records; their text hashes to the run's trace hash.
 
 pub mod check;
 pub mod cluster;

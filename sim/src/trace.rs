@@ -49,6 +49,13 @@ pub enum Event {
     },
     /// Every partition is removed.
     Heal,
+    /// The node's network and disk are slow by `extra_ms` from now on (0: back to normal).
+    Slow {
+        /// The node.
+        node: NodeId,
+        /// Extra latency per message and per raft log flush.
+        extra_ms: u64,
+    },
 
     // ---- observations, one per live node per step, only when they changed ----
     /// The node's raft metrics (voters only).

@@ -143,6 +143,8 @@ pub struct Environment {
     pub gossip: Option<(Arc<dyn shoal_mesh::gossip::Transport>, SocketAddr)>,
     /// Raft's timers.
     pub raft: RaftTiming,
+    /// Milliseconds added to every raft log flush (a slow disk); `None`: the disk as it is.
+    pub disk_delay: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Environment {
@@ -152,6 +154,7 @@ impl Default for Environment {
             link: None,
             gossip: None,
             raft: RaftTiming::default(),
+            disk_delay: None,
         }
     }
 }
@@ -305,8 +308,11 @@ impl Cluster {
         };
         let raft = if identity.voter {
             let raft_dir = config.data_dir.join("raft");
-            let log_store = LogStore::open(&raft_dir.join("log.redb"))
+            let mut log_store = LogStore::open(&raft_dir.join("log.redb"))
                 .map_err(|error| anyhow::anyhow!("cannot open the raft log: {error}"))?;
+            if let Some(delay) = env.disk_delay.clone() {
+                log_store = log_store.with_flush_delay(delay);
+            }
             let state_machine = StateMachine::new(replica.clone());
             let raft_config = Arc::new(
                 openraft::Config {

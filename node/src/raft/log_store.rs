@@ -18,6 +18,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -67,6 +68,9 @@ pub(crate) fn open_database(path: &Path) -> Result<Database, StorageError> {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Extra time each append takes to become durable, in ms: a slow disk, as the simulator
+    /// injects it. `None` in production.
+    flush_delay: Option<Arc<AtomicU64>>,
 }
 
 impl LogStore {
@@ -80,7 +84,17 @@ impl LogStore {
         txn.open_table(LOG).or_storage(&write)?;
         txn.open_table(META).or_storage(&write)?;
         txn.commit().or_storage(&write)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            flush_delay: None,
+        })
+    }
+
+    /// Makes every append wait `delay` more milliseconds (read at each append) before it
+    /// reports the entries durable: the simulator's slow disk.
+    pub fn with_flush_delay(mut self, delay: Arc<AtomicU64>) -> Self {
+        self.flush_delay = Some(delay);
+        self
     }
 
     fn read_meta<T: DeserializeOwned>(
@@ -206,6 +220,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         txn.commit().or_storage(&write)?;
+        if let Some(delay) = &self.flush_delay {
+            let ms = delay.load(Ordering::Relaxed);
+            if ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+        }
         // Only now are the entries durable: openraft may count this node towards a quorum.
         callback.log_io_completed(Ok(()));
         Ok(())

@@ -93,7 +93,8 @@ impl MembersChecker {
             Event::DeployAcked { .. }
             | Event::DeleteAcked { .. }
             | Event::JobAccepted { .. }
-            | Event::Routed { .. } => {}
+            | Event::Routed { .. }
+            | Event::Slow { .. } => {}
         }
     }
 

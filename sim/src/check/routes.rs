@@ -4,7 +4,8 @@
 //!
 //! Dead is ground truth the harness knows: crashed and not restarted, or cut off from every
 //! other node (all its outgoing traffic blocked; then no peer can relay its heartbeat either).
-//! A node that can still be heard through a third node is not dead to anyone.
+//! A node that can still be heard through a third node is not dead to anyone, and no node is
+//! dead to itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -94,7 +95,8 @@ impl RouteChecker {
             {
                 self.update_isolation(at_ms);
             }
-            Event::Routed { from, to, what } => {
+            // A node is never dead to itself (a cut-off leader may still serve its own runs).
+            Event::Routed { from, to, what } if from != to => {
                 let since = self.dead_since(*to)?;
                 let dead_for = at_ms.saturating_sub(since);
                 if dead_for > self.bound_ms {

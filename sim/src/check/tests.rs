@@ -807,8 +807,11 @@ fn routes_within_the_bound_or_to_reachable_nodes_pass() {
         // 3 cannot reach 1 directly, but 2 still hears it and relays its heartbeat.
         (4_000, vec![partition(3, 1)]),
         (9_000, vec![routed(1, 3)]),
+        // A cut-off node still reaches itself.
+        (9_100, vec![partition(1, 2), partition(1, 3)]),
+        (13_000, vec![routed(1, 1)]),
     ];
-    let violations = run(&mut checker, &steps, 10_000, &End::default());
+    let violations = run(&mut checker, &steps, 14_000, &End::default());
     assert!(violations.is_empty(), "{violations:#?}");
 }
 

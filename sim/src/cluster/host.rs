@@ -11,6 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -86,6 +87,8 @@ pub struct Host {
     pub voter: bool,
     identity: Identity,
     dir: tempfile::TempDir,
+    /// Extra ms each raft log flush takes (a slow disk); outlives restarts, like the disk.
+    disk_delay: Arc<AtomicU64>,
     running: Option<Running>,
 }
 
@@ -108,6 +111,7 @@ impl Host {
             voter,
             identity,
             dir,
+            disk_delay: Arc::new(AtomicU64::new(0)),
             running: None,
         })
     }
@@ -184,6 +188,7 @@ impl Host {
                 shared.gossip.addr(self.id),
             )),
             raft: timing,
+            disk_delay: Some(self.disk_delay.clone()),
         };
         let config = ClusterConfig {
             node_name: self.name.clone(),
@@ -223,6 +228,11 @@ impl Host {
         );
         self.running = Some(Running { cluster, runtime });
         Ok(())
+    }
+
+    /// Makes the node's disk slow: each raft log flush takes `extra_ms` more (0: normal).
+    pub fn set_disk_delay(&self, extra_ms: u64) {
+        self.disk_delay.store(extra_ms, Ordering::Relaxed);
     }
 
     /// Kills the node: its runtime and every task on it are dropped; the data dir stays.

@@ -109,6 +109,7 @@ enum Action {
         to: usize,
     },
     Heal,
+    /// A slow node: `extra_ms` more latency on its messages, and on each raft log flush.
     Slow(usize, u64),
     Deploy {
         app: String,
@@ -430,7 +431,11 @@ fn act(
         }
         Action::Slow(index, extra_ms) => {
             shared.net.set_slow(hosts[*index].id, *extra_ms);
-            None
+            hosts[*index].set_disk_delay(*extra_ms);
+            Some(Event::Slow {
+                node: hosts[*index].id,
+                extra_ms: *extra_ms,
+            })
         }
         Action::Deploy { app, spec, via } => {
             let spec = Manifest::parse(spec, "shoal.toml", None)
