@@ -183,7 +183,7 @@ impl Scenario {
                 },
             );
         }
-        // Faults, one at a time, from 6 s until 14 s before the end.
+        // Faults from 6 s until 14 s before the end, mostly one at a time.
         let mut t = 6_000;
         let mut quiet_from_ms = 0;
         loop {
@@ -234,8 +234,12 @@ impl Scenario {
                     at(t + lasts, Action::Slow(node, 0));
                 }
             }
-            t += lasts;
-            quiet_from_ms = t;
+            quiet_from_ms = quiet_from_ms.max(t + lasts);
+            // Most faults come one after the other; some overlap the next (a crash during a
+            // partition, two nodes down at once).
+            if rng.gen_bool(0.7) {
+                t += lasts;
+            }
         }
         Self {
             nodes,
@@ -409,6 +413,9 @@ fn act(
 ) -> anyhow::Result<Option<Event>> {
     Ok(match action {
         Action::CrashLeader { .. } => None,
+        // Overlapping faults may crash a node that is down, or restart one that is up.
+        Action::Crash(index) if !hosts[*index].is_up() => None,
+        Action::Restart(index) if hosts[*index].is_up() => None,
         Action::Crash(index) => {
             let host = &mut hosts[*index];
             host.crash(shared);
