@@ -4,9 +4,11 @@
 //! What QUIC would do, approximately:
 //! - a dial to a node that is down or cut off fails after [`CONNECT_TIMEOUT`];
 //! - bytes arrive in order after the network's latency;
-//! - a write lost to a partition or a crash resets the stream: the reader gets an error, the
-//!   writer's next write fails;
-//! - a peer that vanishes leaves the caller waiting for its own timeout (no reset reaches it).
+//! - a write lost to a partition or a crash kills the stream once QUIC's idle timeout
+//!   ([`IDLE_TIMEOUT`]) has passed: then the reader gets an error and the writer's next write
+//!   fails (QUIC would also lose a connection that a partition cut for that long; a shorter
+//!   partition it would ride out, which the simulator does not model);
+//! - a peer that vanishes leaves the caller waiting for its own timeout or the idle timeout.
 //!
 //! The node at the other end is found in the [`Switchboard`], where a node registers the handler
 //! of its streams and the runtime they run on when it starts, and from which a crash removes it.
@@ -31,6 +33,9 @@ use crate::trace::NodeId;
 
 /// How long a dial to an unreachable node takes to fail (QUIC's connect timeout).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long after a loss a stream dies (the QUIC idle timeout of `cluster/mod.rs`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A running node's stream handler and the runtime its streams are served on.
 #[derive(Clone)]
@@ -144,7 +149,8 @@ impl PeerLink for SimLink {
         let (to_us, we_read) = pipe(&self.net, peer, self.node);
         let board = self.board.clone();
         let from = self.node;
-        let lost = to_peer.state.clone();
+        let ours = to_peer.state.clone();
+        let net = self.net.clone();
         // The open travels ahead of the bytes on the same ordered path.
         self.net.send(
             from,
@@ -159,10 +165,17 @@ impl PeerLink for SimLink {
                         runtime.spawn(async move { handler.handle(from, kind, send, recv).await });
                     }
                     None => {
-                        lost.broken.store(true, Ordering::Relaxed);
+                        // Never opened: the stream dies at the idle timeout, like the rest.
+                        ours.dying.store(true, Ordering::Relaxed);
                         drop(peer_reads);
                         let mut to_us = to_us;
-                        to_us.reset_now(0);
+                        net.after(
+                            IDLE_TIMEOUT.as_millis() as u64,
+                            Box::new(move |_| {
+                                ours.broken.store(true, Ordering::Relaxed);
+                                to_us.reset_now(0);
+                            }),
+                        );
                     }
                 }
             }),
@@ -189,12 +202,14 @@ enum Chunk {
 
 /// Shared between a pipe's writer and the closures carrying its bytes.
 struct PipeState {
-    /// A write was lost: the stream is dead.
+    /// A chunk was lost: nothing more is delivered, and the stream dies after the timeout.
+    dying: AtomicBool,
+    /// The stream is dead: writes fail.
     broken: AtomicBool,
 }
 
 /// The writing end of a one-way pipe from `from` to `to`.
-pub struct PipeWriter {
+struct PipeWriter {
     net: Net,
     from: NodeId,
     to: NodeId,
@@ -204,7 +219,7 @@ pub struct PipeWriter {
 }
 
 /// The reading end of a one-way pipe.
-pub struct PipeReader {
+struct PipeReader {
     queue: mpsc::UnboundedReceiver<Chunk>,
     pending: VecDeque<u8>,
     ended: bool,
@@ -219,6 +234,7 @@ fn pipe(net: &Net, from: NodeId, to: NodeId) -> (PipeWriter, PipeReader) {
             to,
             queue,
             state: Arc::new(PipeState {
+                dying: AtomicBool::new(false),
                 broken: AtomicBool::new(false),
             }),
             done: false,
@@ -232,21 +248,32 @@ fn pipe(net: &Net, from: NodeId, to: NodeId) -> (PipeWriter, PipeReader) {
 }
 
 impl PipeWriter {
-    /// Sends `chunk` through the network; a loss resets the stream.
+    /// Sends `chunk` through the network; a loss kills the stream after the idle timeout.
     fn post(&self, chunk: Chunk) {
         let queue = self.queue.clone();
         let state = self.state.clone();
+        let net = self.net.clone();
         self.net.send(
             self.from,
             self.to,
             Class::Stream,
             Box::new(move |delivered| {
-                if delivered && !state.broken.load(Ordering::Relaxed) {
-                    let _ = queue.send(chunk);
-                } else {
-                    state.broken.store(true, Ordering::Relaxed);
-                    let _ = queue.send(Chunk::Reset(0));
+                if state.dying.load(Ordering::Relaxed) {
+                    return;
                 }
+                if delivered {
+                    let _ = queue.send(chunk);
+                    return;
+                }
+                // Nothing after a lost chunk may reach the reader: the stream is dying.
+                state.dying.store(true, Ordering::Relaxed);
+                net.after(
+                    IDLE_TIMEOUT.as_millis() as u64,
+                    Box::new(move |_| {
+                        state.broken.store(true, Ordering::Relaxed);
+                        let _ = queue.send(Chunk::Reset(0));
+                    }),
+                );
             }),
         );
     }

@@ -14,5 +14,8 @@ pub mod net;
 pub mod run;
 
 #[cfg(test)]
+#[path = "link_tests.rs"]
+mod link_tests;
+#[cfg(test)]
 #[path = "net_tests.rs"]
 mod net_tests;

@@ -55,6 +55,8 @@ struct Pending {
     to: NodeId,
     /// Lost already at send time (the loss draw, a partition or a down node).
     lost: bool,
+    /// A timer ([`Net::after`]), not a message: it always fires.
+    timer: bool,
     deliver: Deliver,
 }
 
@@ -122,8 +124,9 @@ impl Net {
     /// Schedules `deliver(true)` at now + latency (+ the slow-node extra of either end); stream
     /// messages never overtake an earlier stream message of the same (from, to) pair.
     /// `deliver(false)` instead when the message is lost: a datagram by the loss draw; any
-    /// message when `from -> to` is blocked or either end is down at send time OR at delivery
-    /// time. The closure runs inside `advance_to`, on the harness thread, never under the
+    /// message when `from -> to` is blocked or either end is down at send time, or when
+    /// `from -> to` is blocked or `to` is down at delivery time (a message sent before its
+    /// sender crashed still arrives). The closure runs inside `advance_to`, on the harness thread, never under the
     /// Net's lock (it may call `send` again). A lost message's closure also runs at its
     /// delivery time, so a stream's losses are reported in order too.
     pub fn send(
@@ -152,9 +155,27 @@ impl Net {
             from,
             to,
             lost,
+            timer: false,
             deliver,
         };
         state.queue.insert((deliver_at, sequence), pending);
+    }
+
+    /// Runs `action(true)` `delay_ms` from now, in order with the messages (a timeout the
+    /// network itself keeps, such as QUIC's idle timeout).
+    pub fn after(&self, delay_ms: u64, action: Box<dyn FnOnce(bool) + Send>) {
+        let mut state = self.lock();
+        let at = state.now_ms + delay_ms;
+        let sequence = state.next_sequence;
+        state.next_sequence += 1;
+        let pending = Pending {
+            from: 0,
+            to: 0,
+            lost: false,
+            timer: true,
+            deliver: action,
+        };
+        state.queue.insert((at, sequence), pending);
     }
 
     /// Moves time to `now_ms` (never backwards) and runs every closure due by then in
@@ -179,7 +200,14 @@ impl Net {
             return None;
         }
         let pending = entry.remove();
-        let arrived = !pending.lost && !state.cut(pending.from, pending.to);
+        if pending.timer {
+            return Some((true, pending.deliver));
+        }
+        // What was sent before its sender went down still arrives; a partition or a down
+        // receiver loses it.
+        let arrived = !pending.lost
+            && !state.blocked.contains(&(pending.from, pending.to))
+            && !state.down.contains(&pending.to);
         if arrived {
             state.stats.delivered += 1;
         } else {

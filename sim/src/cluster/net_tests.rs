@@ -195,6 +195,35 @@ fn a_down_node_loses_everything_to_and_from_it_until_it_is_back() {
     recorder.send(2, 1, Class::Stream, 4);
     recorder.net.advance_to(15);
     assert_eq!(recorder.arrived(), vec![2, 4]);
+
+    // Sent before its sender went down: still arrives, as a packet in flight would.
+    recorder.send(2, 1, Class::Stream, 5);
+    recorder.net.advance_to(17);
+    recorder.net.set_down(2, true);
+    recorder.net.advance_to(25);
+    assert_eq!(recorder.arrived(), vec![2, 4, 5]);
+}
+
+#[test]
+fn a_timer_fires_at_its_time_whatever_the_faults() {
+    let net = Net::new(
+        6,
+        Faults {
+            latency_ms: (1, 1),
+            datagram_loss: 1.0,
+        },
+    );
+    let fired = Arc::new(Mutex::new(Vec::new()));
+    let log = fired.clone();
+    net.set_down(1, true);
+    net.after(
+        30,
+        Box::new(move |arrived| log.lock().unwrap().push(arrived)),
+    );
+    net.advance_to(29);
+    assert!(fired.lock().unwrap().is_empty());
+    net.advance_to(30);
+    assert_eq!(*fired.lock().unwrap(), vec![true]);
 }
 
 #[test]
