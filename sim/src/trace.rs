@@ -24,6 +24,8 @@ pub struct FireRecord {
     pub manual: bool,
     /// The term of the fence that fired it.
     pub fence_term: u64,
+    /// It ended failed, timed out or lost (a retry of it is allowed).
+    pub failed: bool,
 }
 
 /// One thing that happened, at the end of a step.
@@ -70,7 +72,8 @@ pub enum Event {
         is_leader: bool,
         /// Index of its last log entry.
         last_log: u64,
-        /// Committed index it knows (0 when none).
+        /// The highest index it knows committed. openraft 0.9's metrics carry no commit
+        /// index, so this is its applied index (it applies only committed entries).
         committed: u64,
         /// Applied index of its state machine.
         applied: u64,

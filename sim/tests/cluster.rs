@@ -10,9 +10,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Virtual seconds of the short runs. Not 20: runs of 22 s or less panic for about half the
-/// seeds (`Scenario::draw` samples a delete time from `8_000..fault_end`, an empty range when
-/// `fault_end` is 6 000 or 8 000 ms); see `short_runs_do_not_panic`.
+/// Virtual seconds of the short runs: long enough for a fault before the quiet tail.
 const SHORT: &str = "24";
 
 /// The planted bug's name on the command line.
@@ -286,7 +284,7 @@ fn bad_arguments_are_refused() {
     assert!(unknown_bug.stdout.is_empty());
 }
 
-/// A short run ends with a report or a one-sentence error, never a panic (exit 101): the
+/// A short run ends with a verdict (exit 0 or 1), never a panic (101) or an error (2): the
 /// scenario fits its workload and faults into whatever length it is given.
 #[test]
 fn short_runs_do_not_panic() {
@@ -297,7 +295,7 @@ fn short_runs_do_not_panic() {
                 &[],
             );
             assert!(
-                matches!(output.status.code(), Some(0..=2)),
+                matches!(output.status.code(), Some(0 | 1)),
                 "seed {seed}, {seconds} s: exit {:?}\n{}",
                 output.status.code(),
                 String::from_utf8_lossy(&output.stderr)

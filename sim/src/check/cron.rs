@@ -1,6 +1,7 @@
 //! `cron-once`: each scheduled (job, tick, attempt) commits at most one run across the whole
-//! cluster, workers only run committed runs, and every tick that was due while the cluster
-//! could fire it ends up fired.
+//! cluster, a tick is fired again (attempt N + 1) only after attempt N failed, workers only
+//! run committed runs, and every tick that was due while the cluster could fire it ends up
+//! fired.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,6 +46,8 @@ pub struct CronChecker {
     reported_in_table: BTreeSet<(NodeId, FireKey)>,
     /// (fire, run id) already reported for disagreeing with the first committed run.
     reported_across: BTreeSet<(FireKey, String)>,
+    /// Retries already reported for following an attempt that did not fail.
+    reported_retries: BTreeSet<FireKey>,
 }
 
 impl CronChecker {
@@ -56,6 +59,7 @@ impl CronChecker {
         fires: &BTreeSet<FireRecord>,
     ) -> Vec<Violation> {
         let mut runs: BTreeMap<FireKey, BTreeSet<&str>> = BTreeMap::new();
+        let mut violations = self.premature_retries(at_ms, node, fires);
         for fire in fires {
             self.held_runs
                 .insert((fire.job.clone(), fire.run_id.clone()));
@@ -70,7 +74,6 @@ impl CronChecker {
             .map(|(job, tick, _)| (job.clone(), *tick))
             .collect();
         self.first_fires.insert(node, first);
-        let mut violations = Vec::new();
         for (key, run_ids) in runs {
             let found = if run_ids.len() > 1 {
                 self.twice_in_table(at_ms, node, key, &run_ids)
@@ -79,6 +82,45 @@ impl CronChecker {
                 self.against_committed(at_ms, node, key, run_id)
             };
             violations.extend(found);
+        }
+        violations
+    }
+
+    /// A retry (attempt N + 1) of a tick whose attempt N, held in the same table, did not fail.
+    fn premature_retries(
+        &mut self,
+        at_ms: u64,
+        node: NodeId,
+        fires: &BTreeSet<FireRecord>,
+    ) -> Vec<Violation> {
+        let ended: BTreeMap<FireKey, bool> = fires
+            .iter()
+            .filter(|fire| !fire.manual)
+            .map(|fire| ((fire.job.clone(), fire.tick, fire.attempt), fire.failed))
+            .collect();
+        let mut violations = Vec::new();
+        for fire in fires.iter().filter(|fire| !fire.manual && fire.attempt > 0) {
+            let before = (fire.job.clone(), fire.tick, fire.attempt - 1);
+            // A pruned earlier attempt proves nothing either way.
+            if ended.get(&before) != Some(&false) {
+                continue;
+            }
+            let key = (fire.job.clone(), fire.tick, fire.attempt);
+            if self.reported_retries.insert(key) {
+                violations.push(violation(
+                    NAME,
+                    at_ms,
+                    format!(
+                        "node {node}'s table holds run {} of job {} tick {}, attempt {}, but \
+                         attempt {} did not fail",
+                        fire.run_id,
+                        fire.job,
+                        fire.tick,
+                        fire.attempt,
+                        fire.attempt - 1
+                    ),
+                ));
+            }
         }
         violations
     }

@@ -116,10 +116,6 @@ impl DeployChecker {
         if have.is_some_and(|version| version >= ack.version) {
             return None;
         }
-        let table = Table {
-            applied,
-            apps: BTreeMap::new(),
-        };
         let held = match have {
             Some(version) => format!("version {version}"),
             None => "no such app".to_string(),
@@ -129,7 +125,7 @@ impl DeployChecker {
             at_ms,
             format!(
                 "node {node}'s table at applied index {} holds {held} for app {app}, but version {} was acknowledged at index {} (at {} ms)",
-                table.applied, ack.version, ack.index, ack.at_ms
+                applied, ack.version, ack.index, ack.at_ms
             ),
         ))
     }

@@ -1,5 +1,7 @@
-//! `one-leader-per-term`: at most one node is ever seen leading a term, and every run a worker
-//! accepts carries the fence of a term its sender was seen leading.
+//! `one-leader-per-term`: at most one node is ever seen leading a term, every run a worker
+//! accepts carries the fence of a term its sender was seen leading, and no worker accepts a
+//! job's run with a fence older than one it accepted before (in one incarnation: a restarted
+//! worker has forgotten the fences it saw).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,6 +56,8 @@ pub struct LeaderChecker {
     /// Accepted runs whose fence is judged at the end (those already found impossible are not
     /// kept, so they are reported once).
     accepted: Vec<Accepted>,
+    /// The newest fence (term, index) each worker accepted for each job since it started.
+    newest: BTreeMap<(NodeId, String), (u64, u64)>,
 }
 
 impl LeaderChecker {
@@ -137,6 +141,9 @@ impl Checker for LeaderChecker {
             }
         }
         for event in events {
+            if let Event::Restart { node } = event {
+                self.newest.retain(|(worker, _), _| worker != node);
+            }
             if let Event::JobAccepted {
                 worker,
                 from,
@@ -146,6 +153,21 @@ impl Checker for LeaderChecker {
                 fence_index,
             } = event
             {
+                let fence = (*fence_term, *fence_index);
+                let newest = self.newest.entry((*worker, job.clone())).or_insert(fence);
+                if fence < *newest {
+                    violations.push(violation(
+                        NAME,
+                        at_ms,
+                        format!(
+                            "worker {worker} accepted run {run_id} of job {job} with fence \
+                             {fence_term}.{fence_index}, older than {}.{} it accepted before",
+                            newest.0, newest.1
+                        ),
+                    ));
+                } else {
+                    *newest = fence;
+                }
                 let accepted = Accepted {
                     at_ms,
                     worker: *worker,

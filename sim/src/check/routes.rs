@@ -5,7 +5,8 @@
 //! Dead is ground truth the harness knows: crashed and not restarted, or cut off from every
 //! other node (all its outgoing traffic blocked; then no peer can relay its heartbeat either).
 //! A node that can still be heard through a third node is not dead to anyone, and no node is
-//! dead to itself.
+//! dead to itself. A sender that restarted learns the cluster afresh, so its bound runs from
+//! its restart if that came later.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +32,8 @@ pub struct RouteChecker {
     blocked: BTreeSet<(NodeId, NodeId)>,
     /// Nodes cut off from all others, since when.
     isolated: BTreeMap<NodeId, u64>,
+    /// When each node last restarted.
+    restarted: BTreeMap<NodeId, u64>,
 }
 
 impl RouteChecker {
@@ -42,6 +45,7 @@ impl RouteChecker {
             crashed: BTreeMap::new(),
             blocked: BTreeSet::new(),
             isolated: BTreeMap::new(),
+            restarted: BTreeMap::new(),
         }
     }
 
@@ -80,6 +84,7 @@ impl RouteChecker {
             }
             Event::Restart { node } => {
                 self.crashed.remove(node);
+                self.restarted.insert(*node, at_ms);
             }
             Event::Partition { from, to } => {
                 self.nodes.extend([*from, *to]);
@@ -97,7 +102,8 @@ impl RouteChecker {
             }
             // A node is never dead to itself (a cut-off leader may still serve its own runs).
             Event::Routed { from, to, what } if from != to => {
-                let since = self.dead_since(*to)?;
+                let restarted = self.restarted.get(from).copied().unwrap_or(0);
+                let since = self.dead_since(*to)?.max(restarted);
                 let dead_for = at_ms.saturating_sub(since);
                 if dead_for > self.bound_ms {
                     return Some(violation(

@@ -63,6 +63,7 @@ fn fire(job: &str, run_id: &str, tick: i64, attempt: u32, manual: bool) -> FireR
         attempt,
         manual,
         fence_term: 1,
+        failed: false,
     }
 }
 
@@ -345,10 +346,39 @@ mod cron {
         }
     }
 
+    fn failed(mut record: FireRecord) -> FireRecord {
+        record.failed = true;
+        record
+    }
+
+    /// A retry is a second attempt of the tick, allowed once the first failed, and reported
+    /// (once) when the first did not fail.
+    #[test]
+    fn a_retry_of_a_run_that_did_not_fail_is_reported() {
+        let fires = [
+            fire("backup", "r1", 60, 0, false),
+            fire("backup", "r2", 60, 1, false),
+        ];
+        let steps = vec![
+            (10, vec![table(1, 5, &[], &fires)]),
+            (20, vec![table(2, 5, &[], &fires)]),
+        ];
+        let found = run(&mut CronChecker::default(), &steps, 30, &End::default());
+        assert_one(
+            &found,
+            NAME,
+            10,
+            &[
+                "run r2 of job backup tick 60, attempt 1",
+                "attempt 0 did not fail",
+            ],
+        );
+    }
+
     #[test]
     fn clean_trace() {
         let fires = [
-            fire("backup", "r1", 60, 0, false),
+            failed(fire("backup", "r1", 60, 0, false)),
             fire("backup", "r2", 60, 1, false),
             fire("backup", "m1", 60, 0, true),
             fire("backup", "m2", 60, 0, true),
@@ -860,5 +890,63 @@ fn a_route_to_an_isolated_node_is_reported_until_the_heal() {
         "no-route-to-dead",
         5_500,
         &["node 1 sent a job run to node 3", "since 2000 ms"],
+    );
+}
+
+/// A sender that restarted learns the cluster afresh: its bound runs from its restart.
+#[test]
+fn a_restarted_sender_gets_the_bound_again() {
+    let mut checker = RouteChecker::new(&params());
+    let steps = vec![
+        (
+            1,
+            vec![
+                raft(1, 1, true, 1),
+                raft(2, 1, false, 1),
+                raft(3, 1, false, 1),
+            ],
+        ),
+        (100, vec![Event::Crash { node: 2 }]),
+        (4_000, vec![Event::Crash { node: 1 }]),
+        (5_000, vec![Event::Restart { node: 1 }]),
+        (7_000, vec![routed(1, 2)]),
+        (8_500, vec![routed(1, 2)]),
+    ];
+    let violations = run(&mut checker, &steps, 9_000, &End::default());
+    assert_one(&violations, "no-route-to-dead", 8_500, &["since 5000 ms"]);
+}
+
+// ---- fences per worker ----
+
+fn accepted_with(worker: NodeId, from: NodeId, run_id: &str, term: u64, index: u64) -> Event {
+    Event::JobAccepted {
+        worker,
+        from,
+        job: "tick".into(),
+        run_id: run_id.into(),
+        fence_term: term,
+        fence_index: index,
+    }
+}
+
+/// A worker never accepts a job's run with an older fence than one it accepted, until it
+/// restarts (its book of fences is in memory, like the real worker's).
+#[test]
+fn a_worker_accepting_an_older_fence_is_reported_until_it_restarts() {
+    let mut checker = LeaderChecker::default();
+    let steps = vec![
+        (1, vec![raft(1, 2, true, 5)]),
+        (2, vec![raft(2, 3, true, 9)]),
+        (10, vec![accepted_with(7, 2, "b", 3, 9)]),
+        (20, vec![accepted_with(7, 1, "a", 2, 5)]),
+        (30, vec![Event::Restart { node: 7 }]),
+        (40, vec![accepted_with(7, 1, "a", 2, 5)]),
+    ];
+    let violations = run(&mut checker, &steps, 50, &End::default());
+    assert_one(
+        &violations,
+        "one-leader-per-term",
+        20,
+        &["worker 7 accepted run a", "fence 2.5, older than 3.9"],
     );
 }

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use shoal::bundle::{BundleLimits, BundleStore};
 use shoal::cluster::identity::Identity;
 use shoal::cluster::{Cluster, ClusterConfig, Environment, RaftTiming};
-use shoal::dataplane::jobs::{JobMessage, KIND_JOB};
+use shoal::dataplane::jobs::{JobBook, JobMessage, KIND_JOB};
 use shoal::dataplane::view::WORKER_KEY;
 use shoal::dataplane::KIND_FORWARD;
 use shoal::raft::state_machine::Replica;
@@ -157,6 +157,7 @@ impl Host {
             node: self.id,
             shared: shared.clone(),
             cluster: OnceLock::new(),
+            book: Mutex::default(),
         });
         let net = shared.net.clone();
         let board = shared.board.clone();
@@ -272,11 +273,13 @@ fn ip_of(id: NodeId) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, a, b, c.max(1)))
 }
 
-/// A worker without containers: takes dispatched runs and reports them done.
+/// A worker without containers: admits dispatched runs by their fence as a real worker does
+/// (`JobBook`), records them, and reports them started and done through raft.
 struct StubWorker {
     node: NodeId,
     shared: Shared,
     cluster: OnceLock<Weak<Cluster>>,
+    book: Mutex<JobBook>,
 }
 
 #[async_trait]
@@ -291,13 +294,22 @@ impl StreamHandler for StubWorker {
         let Ok(message) = serde_json::from_slice::<JobMessage>(&frame) else {
             return;
         };
-        let reply: Result<(), String> = Ok(());
+        let reply: Result<(), String> = {
+            let mut book = self
+                .book
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match &message {
+                JobMessage::Run(dispatch) => book.admit(&dispatch.job, dispatch.fence),
+                JobMessage::Cancel { job, fence, .. } => book.admit(job, *fence),
+            }
+        };
         let bytes = serde_json::to_vec(&reply).unwrap_or_default();
         if write_frame(&mut send, &bytes).await.is_err() {
             return;
         }
         let _ = send.finish();
-        let JobMessage::Run(dispatch) = message else {
+        let (Ok(()), JobMessage::Run(dispatch)) = (reply, message) else {
             return;
         };
         self.shared.record(Event::JobAccepted {

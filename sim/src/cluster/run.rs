@@ -19,6 +19,7 @@ use shoal::cluster::identity::Identity;
 use shoal::cluster::RaftTiming;
 use shoal::cron::{Schedule, Tick};
 use shoal::manifest::Manifest;
+use shoal::runs::RunState;
 use shoal::state::{Applied, Command};
 use shoal_mesh::gossip::GossipKey;
 use shoal_mesh::pki::ClusterCa;
@@ -48,7 +49,7 @@ pub struct Options {
     pub seed: u64,
     /// Virtual seconds.
     pub seconds: u64,
-    /// Nodes, instead of the seed's draw (3 to 5).
+    /// Nodes (3 to 10), instead of the seed's draw (3 to 5).
     pub nodes: Option<usize>,
     /// Keep the trace text (for `--replay`).
     pub keep_trace: bool,
@@ -626,6 +627,10 @@ fn table_event(node: NodeId, table: &Arc<shoal::state::AppTable>) -> Event {
                 attempt: run.attempt,
                 manual: run.manual,
                 fence_term: run.fence.term,
+                failed: matches!(
+                    run.state,
+                    RunState::Failed | RunState::TimedOut | RunState::Lost
+                ),
             });
         }
     }
