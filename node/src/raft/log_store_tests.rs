@@ -158,3 +158,28 @@ async fn normal_entries_round_trip() {
     store.blocking_append([entry.clone()]).await.unwrap();
     assert_eq!(store.try_get_log_entries(1..2).await.unwrap(), [entry]);
 }
+
+/// A flush delay (the simulator's slow disk) holds every append that long before it is
+/// reported durable, is read at each append, and costs nothing at zero.
+#[tokio::test(start_paused = true)]
+async fn a_flush_delay_holds_each_append_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let delay = Arc::new(AtomicU64::new(250));
+    let mut store = LogStore::open(&dir.path().join("log.redb"))
+        .unwrap()
+        .with_flush_delay(delay.clone());
+    let started = tokio::time::Instant::now();
+    store
+        .blocking_append(blank_entries(1, 1..=3))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), std::time::Duration::from_millis(250));
+
+    delay.store(0, Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    store
+        .blocking_append(blank_entries(1, 4..=5))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+}
