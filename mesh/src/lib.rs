@@ -15,7 +15,7 @@
 //! - `placement`: the pure decision that picks the worker for a service request: power of two
 //!   choices over warm instances, rendezvous hashing over the least-loaded workers when cold.
 //!
-//! openraft's network is a thin layer over [`quic::QuicNode::call`] and lives beside the raft
+//! openraft's network is a thin layer over [`link::PeerLink::call`] and lives beside the raft
 //! type config it implements, in the node crate (`shoal::raft::network`).
 
 pub mod gossip;

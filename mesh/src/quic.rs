@@ -4,7 +4,7 @@
 //!
 //! Cluster traffic: the dialer opens a bidirectional stream and writes one byte, the stream's
 //! *kind*; the accepting node hands the stream to its [`StreamHandler`] with the dialer's node
-//! id, read from its certificate. [`QuicNode::call`] is request/response on one stream, in
+//! id, read from its certificate. [`PeerLink::call`] is request/response on one stream, in
 //! [`write_frame`] framing; [`QuicNode::open`] gives the raw streams for anything longer.
 //!
 //! Security: TLS lets a client without a certificate finish the handshake (so that a joining
@@ -51,7 +51,7 @@ pub const MAX_JOIN_REQUEST: usize = 64 * 1024;
 /// The largest join answer `request_join` accepts.
 pub const MAX_JOIN_RESPONSE: usize = 1024 * 1024;
 
-/// The largest response [`QuicNode::call`] accepts; stream anything bigger over
+/// The largest response [`PeerLink::call`] accepts; stream anything bigger over
 /// [`QuicNode::open`].
 pub const MAX_CALL_RESPONSE: usize = 16 * 1024 * 1024;
 
@@ -334,29 +334,6 @@ impl QuicNode {
         .map(|(send, recv)| (LinkSend::Quic(send), LinkRecv::Quic(recv)))
     }
 
-    /// Request/response on one stream: writes `kind`, a length-prefixed frame, finishes; reads one frame back. Bounded by `timeout`.
-    ///
-    /// The response may be up to [`MAX_CALL_RESPONSE`] bytes. A call is not retried: the peer
-    /// may have acted on a request whose answer was lost.
-    pub async fn call(
-        &self,
-        peer: u64,
-        addr: SocketAddr,
-        kind: u8,
-        request: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, QuicError> {
-        let exchange = async {
-            let (mut send, mut recv) = self.open(peer, addr, kind).await?;
-            write_frame(&mut send, request).await?;
-            send.finish()?;
-            read_frame(&mut recv, MAX_CALL_RESPONSE).await
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or(Err(QuicError::Timeout(timeout)))
-    }
-
     /// Drops the pooled connection to `peer` (e.g. when its address changed).
     ///
     /// Streams already open on it run to their end; the next [`QuicNode::open`] dials anew.
@@ -588,12 +565,12 @@ fn pipe_error(err: std::io::Error) -> QuicError {
     QuicError::Closed(err.to_string())
 }
 
-/// For a handler answering a [`QuicNode::call`]: reads the request frame (at most `max` bytes).
+/// For a handler answering a [`PeerLink::call`]: reads the request frame (at most `max` bytes).
 pub async fn read_request(recv: &mut LinkRecv, max: usize) -> Result<Vec<u8>, QuicError> {
     read_frame(recv, max).await
 }
 
-/// For a handler answering a [`QuicNode::call`]: writes the response frame and finishes the
+/// For a handler answering a [`PeerLink::call`]: writes the response frame and finishes the
 /// stream (the bytes still reach the caller after `send` is dropped).
 pub async fn respond(mut send: LinkSend, response: &[u8]) -> Result<(), QuicError> {
     write_frame(&mut send, response).await?;

@@ -3,8 +3,8 @@
 //! feature, and even then stay off until a simulator run switches one on: a build that
 //! compiles them in still behaves correctly.
 
-/// A bug the simulator can plant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A bug the simulator can plant (`shoal-sim --bug NAME`; the names are clap's kebab-case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Bug {
     /// The cron duty dispatches a due tick without committing its `Fire` through raft.
     CronFireWithoutCommit,
@@ -16,6 +16,13 @@ pub enum Bug {
 static PLANTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Bug {
+    /// Its name on the command line.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|value| value.get_name().to_owned())
+            .unwrap_or_default()
+    }
+
     fn bit(self) -> u32 {
         match self {
             Self::CronFireWithoutCommit => 1,

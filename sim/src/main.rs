@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use shoal::planted::Bug;
 use shoal_sim::cluster::run as cluster_run;
 use shoal_sim::fleet::{self, Config, GossipLag, Report};
 
@@ -45,7 +46,7 @@ struct Cli {
     jobs: Option<usize>,
     /// Plant a bug in every run (see `shoal-sim run --help`).
     #[arg(long)]
-    bug: Option<PlantedBug>,
+    bug: Option<Bug>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,24 +55,6 @@ enum Command {
     Run(RunArgs),
     /// Placement at scale: load balance and cold starts under Zipf traffic.
     Balance(BalanceArgs),
-}
-
-/// A bug to plant, to show that the checkers catch it.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum PlantedBug {
-    /// The cron duty dispatches a due tick without committing its fire through raft.
-    CronFireWithoutCommit,
-    /// The cron duty dispatches runs to workers gossip reports dead.
-    DispatchIgnoresLiveness,
-}
-
-impl PlantedBug {
-    fn name(self) -> &'static str {
-        match self {
-            Self::CronFireWithoutCommit => "cron-fire-without-commit",
-            Self::DispatchIgnoresLiveness => "dispatch-ignores-liveness",
-        }
-    }
 }
 
 /// One seed.
@@ -85,7 +68,7 @@ struct RunArgs {
     seconds: u64,
     /// Plant a bug.
     #[arg(long)]
-    bug: Option<PlantedBug>,
+    bug: Option<Bug>,
     /// Nodes (3 to 10; default: drawn from the seed, 3 to 5). Three of them vote.
     #[arg(long, value_parser = clap::value_parser!(u8).range(3..=10))]
     nodes: Option<u8>,
@@ -243,10 +226,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 fn run_one(args: &RunArgs) -> anyhow::Result<bool> {
     entropy::reseed(args.seed);
     if let Some(bug) = args.bug {
-        shoal::planted::plant(match bug {
-            PlantedBug::CronFireWithoutCommit => shoal::planted::Bug::CronFireWithoutCommit,
-            PlantedBug::DispatchIgnoresLiveness => shoal::planted::Bug::DispatchIgnoresLiveness,
-        });
+        shoal::planted::plant(bug);
     }
     let started = Instant::now();
     let report = cluster_run::run(&cluster_run::Options {
@@ -304,7 +284,7 @@ fn run_seeds(cli: &Cli) -> anyhow::Result<bool> {
         first: cli.first_seed,
         count: cli.seeds,
         seconds: cli.seconds,
-        bug: cli.bug.map(|bug| bug.name().to_owned()),
+        bug: cli.bug.map(Bug::name),
         check_determinism: cli.check_determinism,
         jobs: cli.jobs.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

@@ -12,7 +12,8 @@
 //!
 //! Files: [`identity`] (what is on disk), [`join`] (admitting nodes), [`orchestrator`]
 //! (leader-only duties and their fence, a pure state machine), `membership` (voters, removal,
-//! the promotion duty), `bundles` (push and pull), `rpc` (the node-to-node requests).
+//! the promotion duty), `bundles` (push and pull), `rpc` (the node-to-node requests),
+//! `environment` (what the control plane runs on: the real machine, or the simulator's).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +28,7 @@ use openraft::ServerState;
 use serde::Serialize;
 use shoal_mesh::gossip::{Clock, Gossip, GossipConfig, Member, SealStats};
 use shoal_mesh::link::PeerLink;
-use shoal_mesh::quic::{QuicConfig, QuicNode, StreamHandler};
+use shoal_mesh::quic::StreamHandler;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -41,12 +42,15 @@ use crate::state::{AppTable, Applied, Command};
 
 mod bundles;
 mod cron_duty;
+mod environment;
 pub mod identity;
 pub mod join;
 mod membership;
 pub mod orchestrator;
 mod rpc;
 
+use environment::{bind_quic, JoinSeeds};
+pub use environment::{Environment, LinkFactory, RaftTiming};
 use identity::Identity;
 use rpc::{Handler, ProposeReply, RpcError, TableRequest, KIND_PROPOSE, KIND_TABLE};
 
@@ -101,60 +105,6 @@ impl ClusterConfig {
             SocketAddr::new(self.advertise, addr.port())
         } else {
             addr
-        }
-    }
-}
-
-/// Raft's timers, in milliseconds (openraft draws each election timeout in
-/// `election_min..election_max`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RaftTiming {
-    /// Leader heartbeat interval.
-    pub heartbeat: u64,
-    /// Shortest election timeout.
-    pub election_min: u64,
-    /// Longest election timeout (exclusive).
-    pub election_max: u64,
-}
-
-impl Default for RaftTiming {
-    fn default() -> Self {
-        Self {
-            heartbeat: 50,
-            election_min: 250,
-            election_max: 350,
-        }
-    }
-}
-
-/// Opens the node's link to its peers, given the handler of the streams they open to it.
-pub type LinkFactory =
-    Box<dyn FnOnce(Arc<dyn StreamHandler>) -> anyhow::Result<Arc<dyn PeerLink>> + Send>;
-
-/// What the control plane runs on. [`Environment::default`] is the real machine: the wall
-/// clock, QUIC, sealed UDP gossip. The simulator (`shoal-sim`) hands in virtual time, its own
-/// network and per-node raft timing; nothing else differs.
-pub struct Environment {
-    /// Unix milliseconds: the one clock the control plane reads.
-    pub clock: Clock,
-    /// Replaces the QUIC endpoint (and with it the join service).
-    pub link: Option<LinkFactory>,
-    /// Replaces sealed UDP gossip: a transport and the address it is reached at.
-    pub gossip: Option<(Arc<dyn shoal_mesh::gossip::Transport>, SocketAddr)>,
-    /// Raft's timers.
-    pub raft: RaftTiming,
-    /// Milliseconds added to every raft log flush (a slow disk); `None`: the disk as it is.
-    pub disk_delay: Option<Arc<std::sync::atomic::AtomicU64>>,
-}
-
-impl Default for Environment {
-    fn default() -> Self {
-        Self {
-            clock: Arc::new(wall_clock_ms),
-            link: None,
-            gossip: None,
-            raft: RaftTiming::default(),
-            disk_delay: None,
         }
     }
 }
@@ -948,56 +898,6 @@ impl Cluster {
     }
 }
 
-/// The join service's list of gossip seeds, refreshed by the tick loop.
-type JoinSeeds = Arc<Mutex<Vec<String>>>;
-
-/// Binds the node's QUIC endpoint, with the join service on voters that hold the CA key.
-fn bind_quic(
-    config: &ClusterConfig,
-    identity: &Identity,
-    admin_token: String,
-    handler: Arc<Handler>,
-) -> anyhow::Result<(Arc<QuicNode>, Option<JoinSeeds>)> {
-    let ca_cert = rustls_der(&identity.ca_cert_pem)?;
-    let join_service = if identity.voter {
-        let seeds_for_join = Arc::new(Mutex::new(Vec::<String>::new()));
-        let seeds = seeds_for_join.clone();
-        join::JoinService::new(
-            identity.clone(),
-            admin_token,
-            Arc::new(move || seeds.lock().expect("seeds").clone()),
-            Arc::new(|| wall_clock_ms() / 1000),
-        )?
-        .map(|service| (Arc::new(service), seeds_for_join))
-    } else {
-        None
-    };
-    let quic_config = QuicConfig {
-        // Two missed keep-alives: a peer that vanished without closing is noticed soon.
-        idle_timeout: Duration::from_secs(3),
-        ..QuicConfig::new(
-            config.quic,
-            ca_cert,
-            identity.node.clone(),
-            identity.node_id,
-        )
-    };
-    let quic = QuicNode::bind(
-        quic_config,
-        handler,
-        join_service
-            .as_ref()
-            .map(|(service, _)| service.clone() as Arc<dyn shoal_mesh::quic::JoinHandler>),
-    )
-    .with_context(|| {
-        format!(
-            "cannot listen on {} (--quic): is another shoal node running?",
-            config.quic
-        )
-    })?;
-    Ok((quic, join_service.map(|(_, seeds)| seeds)))
-}
-
 /// A data dir of a single-node Shoal from before the control plane: commit the current
 /// release of each of its apps into the new cluster, so upgrading loses no app.
 async fn adopt_legacy_apps(raft: &Raft, replica: &Replica) {
@@ -1047,10 +947,4 @@ fn gossip_leader(members: &[Member]) -> Option<(NodeId, SocketAddr)> {
         })
         .max_by_key(|(term, id, _)| (*term, *id))
         .map(|(_, id, addr)| (id, addr))
-}
-
-fn rustls_der(pem: &str) -> anyhow::Result<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-        .map_err(|error| anyhow::anyhow!("the CA certificate in pki/ca.pem is unreadable: {error}"))
 }
