@@ -199,6 +199,8 @@ pub struct Cluster {
     ready: AtomicBool,
     /// Set when this voter learns it was removed from raft: it then acts as a worker.
     retired: AtomicBool,
+    /// Set while a table fetch or a retirement check started by the tick loop runs.
+    fetching: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -362,6 +364,7 @@ impl Cluster {
             bundle_arrived: tokio::sync::Notify::new(),
             ready: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            fetching: AtomicBool::new(false),
             stop,
         });
         let _ = handler.cluster.set(Arc::downgrade(&cluster));
@@ -782,6 +785,25 @@ impl Cluster {
         }
     }
 
+    /// Runs a fetch from a peer (`fetch`) on its own task, one at a time: the peer may be the
+    /// leader that just died, and waiting for its RPC to time out (seconds) must not stall the
+    /// tick loop, which keeps the members, the placement view and this node's keys current.
+    fn fetch_aside<F, Fut>(self: &Arc<Self>, fetch: F)
+    where
+        F: FnOnce(Arc<Self>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if self.fetching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cluster = self.clone();
+        let running = fetch(cluster.clone());
+        tokio::spawn(async move {
+            running.await;
+            cluster.fetching.store(false, Ordering::Release);
+        });
+    }
+
     /// Publishes this node's keys, reads the members, refreshes a non-voter's table, and
     /// remembers gossip peers for the next start.
     async fn tick_loop(self: Arc<Self>, join_seeds: Option<JoinSeeds>) {
@@ -796,7 +818,7 @@ impl Cluster {
                 keys_now.insert(keys::VOTER.into(), "0".into());
                 keys_now.insert(keys::RAFT.into(), "removed".into());
             } else if ticks % 10 == 5 {
-                self.check_retired().await;
+                self.fetch_aside(|cluster| async move { cluster.check_retired().await });
             }
             ticks += 1;
             keys_now.insert(
@@ -884,7 +906,9 @@ impl Cluster {
                     .unwrap_or(0);
                 let have_leader = gossip_leader(&members).is_some();
                 if have_leader && (newest > self.replica.applied_index() || !self.is_ready()) {
-                    self.refresh_table(false).await;
+                    self.fetch_aside(|cluster| async move {
+                        cluster.refresh_table(false).await;
+                    });
                 }
                 if !have_leader {
                     self.ready.store(false, Ordering::Relaxed);
