@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use crate::bundle::{BundleLimits, BundleStore};
 use crate::cluster::identity::{join_token_path, Identity};
-use crate::cluster::{join, Cluster, ClusterConfig};
+use crate::cluster::{join, Cluster, ClusterConfig, Environment};
 use crate::dataplane::view::{RATE_KEY, WORKER_KEY};
 use crate::dataplane::{DataPlane, ServiceRouter};
 use crate::manifest::AppKind;
@@ -525,6 +525,7 @@ pub async fn run(mut config: NodeConfig, shutdown: CancellationToken) -> anyhow:
         dead_after: config.dead_after,
     };
     let cluster = Cluster::start(
+        Environment::default(),
         cluster_config,
         identity,
         fresh_seed,

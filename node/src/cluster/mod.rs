@@ -210,35 +210,10 @@ pub fn wall_clock_ms() -> u64 {
 }
 
 impl Cluster {
-    /// Starts QUIC, raft (voters) and gossip. `fresh_seed` initializes a new raft group.
+    /// Starts the node's link to its peers, raft (voters) and gossip on `env` (the real machine:
+    /// [`Environment::default`]). `fresh_seed` initializes a new raft group.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
-        config: ClusterConfig,
-        identity: Identity,
-        fresh_seed: bool,
-        replica: Arc<Replica>,
-        bundles: Arc<BundleStore>,
-        admin_token: String,
-        data_plane: Arc<dyn StreamHandler>,
-        stop: CancellationToken,
-    ) -> anyhow::Result<Arc<Self>> {
-        Self::start_in(
-            Environment::default(),
-            config,
-            identity,
-            fresh_seed,
-            replica,
-            bundles,
-            admin_token,
-            data_plane,
-            stop,
-        )
-        .await
-    }
-
-    /// [`Cluster::start`] on the given environment.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn start_in(
         env: Environment,
         config: ClusterConfig,
         identity: Identity,

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{node_list, violation, Checker, End};
+use super::{node_list, violation, Accepted, Checker, End};
 use crate::trace::{Event, FireRecord, NodeId, Violation};
 
 /// The checker's name.
@@ -13,21 +13,6 @@ const NAME: &str = "cron-once";
 
 /// A scheduled fire's identity: (job, tick, attempt).
 type FireKey = (String, i64, u32);
-
-/// A run a worker accepted, judged at the end.
-#[derive(Clone, Debug)]
-struct Accepted {
-    /// When, ms.
-    at_ms: u64,
-    /// The worker.
-    worker: NodeId,
-    /// The node that sent it.
-    from: NodeId,
-    /// The job.
-    job: String,
-    /// The run.
-    run_id: String,
-}
 
 /// Checks at-most-once commits, commit-before-run, and at-least-once for due ticks.
 #[derive(Clone, Debug, Default)]
@@ -253,19 +238,7 @@ impl Checker for CronChecker {
                 Event::Table { node, fires, .. } => {
                     violations.extend(self.read_table(at_ms, *node, fires));
                 }
-                Event::JobAccepted {
-                    worker,
-                    from,
-                    job,
-                    run_id,
-                    ..
-                } => self.accepted.push(Accepted {
-                    at_ms,
-                    worker: *worker,
-                    from: *from,
-                    job: job.clone(),
-                    run_id: run_id.clone(),
-                }),
+                Event::JobAccepted { .. } => self.accepted.extend(Accepted::read(at_ms, event)),
                 _ => {}
             }
         }

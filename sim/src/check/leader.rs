@@ -5,46 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{node_list, violation, Checker, End};
+use super::{node_list, violation, Accepted, Checker, End};
 use crate::trace::{Event, NodeId, Violation};
 
 /// The checker's name.
 const NAME: &str = "one-leader-per-term";
-
-/// A run a worker accepted, kept until the run is over to judge its fence.
-#[derive(Clone, Debug)]
-struct Accepted {
-    /// When the worker accepted it, ms.
-    at_ms: u64,
-    /// The worker.
-    worker: NodeId,
-    /// The node that sent it.
-    from: NodeId,
-    /// The job.
-    job: String,
-    /// The run.
-    run_id: String,
-    /// The sender's fence term.
-    fence_term: u64,
-    /// The sender's fence index.
-    fence_index: u64,
-}
-
-impl Accepted {
-    /// The run as a message names it.
-    fn describe(&self) -> String {
-        format!(
-            "worker {} accepted run {} of job {} from node {} (accepted at {} ms) with fence term {} index {}",
-            self.worker,
-            self.run_id,
-            self.job,
-            self.from,
-            self.at_ms,
-            self.fence_term,
-            self.fence_index
-        )
-    }
-}
 
 /// Checks one leader per term and that fences name observed leaderships.
 #[derive(Clone, Debug, Default)]
@@ -97,6 +62,32 @@ impl LeaderChecker {
         None
     }
 
+    /// A worker accepting a job's run with an older fence than one it accepted before.
+    fn fence_not_older(&mut self, accepted: &Accepted) -> Option<Violation> {
+        let fence = (accepted.fence_term, accepted.fence_index);
+        let key = (accepted.worker, accepted.job.clone());
+        let newest = self.newest.entry(key).or_insert(fence);
+        if fence >= *newest {
+            *newest = fence;
+            return None;
+        }
+        Some(violation(
+            NAME,
+            accepted.at_ms,
+            format!(
+                "worker {} accepted run {} of job {} with fence {}.{}, older than {}.{} it \
+                 accepted before",
+                accepted.worker,
+                accepted.run_id,
+                accepted.job,
+                accepted.fence_term,
+                accepted.fence_index,
+                newest.0,
+                newest.1
+            ),
+        ))
+    }
+
     /// Judges one accepted run's fence against every leadership of the whole run.
     fn judge_fence(&self, accepted: &Accepted, at_ms: u64) -> Option<Violation> {
         let leaders = self.leaders.get(&accepted.fence_term);
@@ -144,39 +135,8 @@ impl Checker for LeaderChecker {
             if let Event::Restart { node } = event {
                 self.newest.retain(|(worker, _), _| worker != node);
             }
-            if let Event::JobAccepted {
-                worker,
-                from,
-                job,
-                run_id,
-                fence_term,
-                fence_index,
-            } = event
-            {
-                let fence = (*fence_term, *fence_index);
-                let newest = self.newest.entry((*worker, job.clone())).or_insert(fence);
-                if fence < *newest {
-                    violations.push(violation(
-                        NAME,
-                        at_ms,
-                        format!(
-                            "worker {worker} accepted run {run_id} of job {job} with fence \
-                             {fence_term}.{fence_index}, older than {}.{} it accepted before",
-                            newest.0, newest.1
-                        ),
-                    ));
-                } else {
-                    *newest = fence;
-                }
-                let accepted = Accepted {
-                    at_ms,
-                    worker: *worker,
-                    from: *from,
-                    job: job.clone(),
-                    run_id: run_id.clone(),
-                    fence_term: *fence_term,
-                    fence_index: *fence_index,
-                };
+            if let Some(accepted) = Accepted::read(at_ms, event) {
+                violations.extend(self.fence_not_older(&accepted));
                 violations.extend(self.accept(accepted, at_ms));
             }
         }

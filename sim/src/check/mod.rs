@@ -73,6 +73,65 @@ pub fn all(params: &Params) -> Vec<Box<dyn Checker>> {
     ]
 }
 
+/// A run a worker accepted, as checkers keep it to judge at the end.
+#[derive(Clone, Debug)]
+struct Accepted {
+    /// When the worker accepted it, ms.
+    at_ms: u64,
+    /// The worker.
+    worker: NodeId,
+    /// The node that sent it.
+    from: NodeId,
+    /// The job.
+    job: String,
+    /// The run.
+    run_id: String,
+    /// The sender's fence term.
+    fence_term: u64,
+    /// The sender's fence index.
+    fence_index: u64,
+}
+
+impl Accepted {
+    /// The accepted run an event reports, if it reports one.
+    fn read(at_ms: u64, event: &Event) -> Option<Self> {
+        let Event::JobAccepted {
+            worker,
+            from,
+            job,
+            run_id,
+            fence_term,
+            fence_index,
+        } = event
+        else {
+            return None;
+        };
+        Some(Self {
+            at_ms,
+            worker: *worker,
+            from: *from,
+            job: job.clone(),
+            run_id: run_id.clone(),
+            fence_term: *fence_term,
+            fence_index: *fence_index,
+        })
+    }
+
+    /// The run as a message names it.
+    fn describe(&self) -> String {
+        format!(
+            "worker {} accepted run {} of job {} from node {} (accepted at {} ms) with fence term {} index {}",
+            self.worker,
+            self.run_id,
+            self.job,
+            self.from,
+            self.at_ms,
+            self.fence_term,
+            self.fence_index
+        )
+    }
+}
+
 /// A violation of `checker` seen at `at_ms`.
 fn violation(checker: &'static str, at_ms: u64, message: String) -> Violation {
     Violation {

@@ -201,7 +201,7 @@ impl Host {
             data_dir,
             dead_after: Duration::from_secs(2),
         };
-        let start = Cluster::start_in(
+        let start = Cluster::start(
             env,
             config,
             self.identity.clone(),
