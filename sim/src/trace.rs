@@ -107,6 +107,11 @@ pub enum Event {
         /// The log index it committed at.
         index: u64,
     },
+    /// A client asked for an app's delete (its ack may never come, though it commits).
+    DeleteRequested {
+        /// The app.
+        app: String,
+    },
     /// A delete was acknowledged to its client: committed at `index`.
     DeleteAcked {
         /// The app.

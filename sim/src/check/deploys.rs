@@ -5,7 +5,9 @@
 //! A follower may apply a delete before its client hears the ack, so a table that lacks an app
 //! (or holds an older version) is only a suspect until the run ends; `finish` judges the
 //! suspects against every acknowledged delete. Only acknowledged deletes excuse: a delete that
-//! committed but whose ack was lost is not in the trace (the workload rarely loses one).
+//! committed but whose ack was lost is known only as requested: once a delete of an app has
+//! been requested and none of its deletes was acknowledged, a table that lacks the app, or holds
+//! an older version, is excused (it cannot be told from the delete).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,6 +56,8 @@ pub struct DeployChecker {
     reported: BTreeSet<(NodeId, String, u64)>,
     /// Tables that looked like they lost a deploy, judged in `finish`.
     suspects: Vec<Suspect>,
+    /// When a delete of each app was first requested.
+    delete_requested: BTreeMap<String, u64>,
 }
 
 /// A table that, when seen, did not hold an acknowledged deploy.
@@ -103,8 +107,20 @@ impl DeployChecker {
         None
     }
 
+    /// Whether a delete of `app` was requested by `at_ms` and none of its deletes was
+    /// acknowledged, so its outcome is unknown.
+    fn unknown_delete(&self, app: &str, at_ms: u64) -> bool {
+        self.delete_requested
+            .get(app)
+            .is_some_and(|&requested| requested <= at_ms)
+            && self.deletes.get(app).is_none_or(BTreeSet::is_empty)
+    }
+
     /// Judges a suspect with every delete acknowledged in the run.
     fn convict(&self, suspect: &Suspect) -> Option<Violation> {
+        if self.unknown_delete(&suspect.app, suspect.at_ms) {
+            return None;
+        }
         let Suspect {
             at_ms,
             node,
@@ -166,6 +182,10 @@ impl DeployChecker {
             }
             Event::DeleteAcked { app, index } => {
                 self.deletes.entry(app.clone()).or_default().insert(*index);
+                Vec::new()
+            }
+            Event::DeleteRequested { app } => {
+                self.delete_requested.entry(app.clone()).or_insert(at_ms);
                 Vec::new()
             }
             Event::Table {

@@ -94,7 +94,8 @@ impl MembersChecker {
             | Event::DeleteAcked { .. }
             | Event::JobAccepted { .. }
             | Event::Routed { .. }
-            | Event::Slow { .. } => {}
+            | Event::Slow { .. }
+            | Event::DeleteRequested { .. } => {}
         }
     }
 

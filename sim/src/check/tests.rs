@@ -950,3 +950,52 @@ fn a_worker_accepting_an_older_fence_is_reported_until_it_restarts() {
         &["worker 7 accepted run a", "fence 2.5, older than 3.9"],
     );
 }
+
+/// A delete whose ack never came (it committed as the leader changed) excuses a table that
+/// lacks the app from the request on; an acknowledged delete is judged by its index instead.
+#[test]
+fn an_unacknowledged_delete_excuses_a_missing_app_from_its_request_on() {
+    let requested = Event::DeleteRequested { app: "web".into() };
+    let lost_ack = vec![
+        (
+            10,
+            vec![deployed("web", 2, 5), table(1, 5, &[("web", 2)], &[])],
+        ),
+        (20, vec![requested.clone()]),
+        (30, vec![table(1, 7, &[], &[])]),
+    ];
+    let found = run(
+        &mut DeployChecker::default(),
+        &lost_ack,
+        40,
+        &End::default(),
+    );
+    assert!(found.is_empty(), "{found:#?}");
+
+    // Missing before any delete was asked for: lost.
+    let too_early = vec![
+        (10, vec![deployed("web", 2, 5), table(1, 6, &[], &[])]),
+        (20, vec![requested.clone()]),
+    ];
+    let found = run(
+        &mut DeployChecker::default(),
+        &too_early,
+        40,
+        &End::default(),
+    );
+    assert_one(
+        &found,
+        "acked-deploy-kept",
+        10,
+        &["no such app for app web"],
+    );
+
+    // Acknowledged at index 9: a table at 7 that lacks the app lost it.
+    let acked = vec![
+        (10, vec![deployed("web", 2, 5)]),
+        (20, vec![requested, deleted("web", 9)]),
+        (30, vec![table(1, 7, &[], &[])]),
+    ];
+    let found = run(&mut DeployChecker::default(), &acked, 40, &End::default());
+    assert_one(&found, "acked-deploy-kept", 30, &["applied index 7"]);
+}

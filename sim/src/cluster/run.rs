@@ -305,7 +305,9 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
             }
             let event = act(&action, &mut hosts, &shared, &mut rng)?;
             if let Some(event) = event {
-                faults.push(format!("{now} ms: {event:?}"));
+                if !matches!(event, Event::DeleteRequested { .. }) {
+                    faults.push(format!("{now} ms: {event:?}"));
+                }
                 events.push(event);
             }
         }
@@ -475,14 +477,14 @@ fn act(
         Action::Delete { app, via } => {
             let command = Command::Delete { name: app.clone() };
             let recorder = shared.clone();
-            let app = app.clone();
+            let acked = app.clone();
             live_host(hosts, *via).spawn(move |cluster| async move {
                 if let Ok((index, Applied::Deleted { .. })) = cluster.propose_indexed(command).await
                 {
-                    recorder.record(Event::DeleteAcked { app, index });
+                    recorder.record(Event::DeleteAcked { app: acked, index });
                 }
             });
-            None
+            Some(Event::DeleteRequested { app: app.clone() })
         }
     })
 }
