@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{violation, Checker, End};
+use super::{violation, Checker, End, Table};
 use crate::trace::{Event, NodeId, Violation};
 
 /// The checker's name.
@@ -28,15 +28,6 @@ struct Ack {
     at_ms: u64,
     /// How many tables had been observed before it (to know whether any came after).
     tables_before: u64,
-}
-
-/// The last table a node reported.
-#[derive(Clone, Debug, Default)]
-struct Table {
-    /// Its applied index.
-    applied: u64,
-    /// Each app's version.
-    apps: BTreeMap<String, u64>,
 }
 
 /// Checks that acknowledged deploys survive in every table that applied them.

@@ -73,6 +73,15 @@ pub fn all(params: &Params) -> Vec<Box<dyn Checker>> {
     ]
 }
 
+/// A node's table as last observed: its applied index and each app's version.
+#[derive(Clone, Debug, Default)]
+struct Table {
+    /// Its applied index.
+    applied: u64,
+    /// Each app's version.
+    apps: std::collections::BTreeMap<String, u64>,
+}
+
 /// A run a worker accepted, as checkers keep it to judge at the end.
 #[derive(Clone, Debug)]
 struct Accepted {

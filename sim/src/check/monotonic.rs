@@ -10,20 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{violation, Checker, End};
+use super::{violation, Checker, End, Table};
 use crate::trace::{Event, NodeId, Violation};
 
 /// The checker's name.
 const NAME: &str = "never-backwards";
-
-/// A table as last observed.
-#[derive(Clone, Debug, Default)]
-struct Table {
-    /// Its applied index.
-    applied: u64,
-    /// Each app's version.
-    apps: BTreeMap<String, u64>,
-}
 
 /// Checks that terms, commit and applied indexes and versions never go back.
 #[derive(Clone, Debug, Default)]

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -79,7 +79,7 @@ impl GossipNet {
     }
 
     fn inboxes(&self) -> MutexGuard<'_, Inboxes> {
-        self.inboxes.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock(&self.inboxes)
     }
 
     /// Registers a fresh inbox for `node`, replacing any earlier one.

@@ -60,20 +60,12 @@ pub struct Shared {
 impl Shared {
     /// Records `event`.
     pub fn record(&self, event: Event) {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(event);
+        super::lock(&self.outbox).push(event);
     }
 
     /// Takes what was recorded since the last call.
     pub fn drain(&self) -> Vec<Event> {
-        std::mem::take(
-            &mut *self
-                .outbox
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+        std::mem::take(&mut *super::lock(&self.outbox))
     }
 }
 
@@ -295,10 +287,7 @@ impl StreamHandler for StubWorker {
             return;
         };
         let reply: Result<(), String> = {
-            let mut book = self
-                .book
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut book = super::lock(&self.book);
             match &message {
                 JobMessage::Run(dispatch) => book.admit(&dispatch.job, dispatch.fence),
                 JobMessage::Cancel { job, fence, .. } => book.admit(job, *fence),

@@ -71,9 +71,7 @@ impl Switchboard {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Endpoint>> {
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        super::lock(&self.endpoints)
     }
 }
 

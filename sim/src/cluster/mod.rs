@@ -8,6 +8,14 @@
 //! - `run`: one seed: scenario, loop, observations, checkers, trace hash.
 
 pub mod gossip_net;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks `mutex`, going on past a poisoned lock: a panic elsewhere already fails the run, and
+/// the state it guards (queues, registries) stays usable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 pub mod host;
 pub mod link;
 pub mod net;

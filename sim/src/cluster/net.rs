@@ -11,7 +11,7 @@
 //! same seed and the same sequence of calls give the same deliveries in the same order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -259,6 +259,6 @@ impl Net {
     /// The state; a closure that panicked never held the lock, so poisoning carries no
     /// half-done update and is ignored.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock(&self.state)
     }
 }
