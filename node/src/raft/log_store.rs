@@ -74,7 +74,8 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log at `path`, creating its directory if needed.
+    /// Opens (or creates) the log at `path`, creating its directory if needed, and upgrades a log
+    /// written in an older format (see `format`).
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         let db = open_database(path)?;
         // Opening the tables in a write transaction creates them on first start, so that
@@ -84,6 +85,7 @@ impl LogStore {
         txn.open_table(LOG).or_storage(&write)?;
         txn.open_table(META).or_storage(&write)?;
         txn.commit().or_storage(&write)?;
+        super::format::upgrade(&db, META, &[LOG])?;
         Ok(Self {
             db: Arc::new(db),
             flush_delay: None,

@@ -6,6 +6,8 @@
 //! the QUIC connections of `shoal_mesh::quic`.
 //!
 //! - [`log_store`]: the log and the vote ([`openraft::storage::RaftLogStorage`]).
+//! - `format`: openraft is built with `single-term-leader` (one leader per term); data dirs
+//!   written before are upgraded when opened.
 //! - [`state_machine`]: the app table as [`openraft::storage::RaftStateMachine`], and the
 //!   [`state_machine::Replica`] every node (voter or not) routes from.
 
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{Applied, Command};
 
+mod format;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -49,7 +52,7 @@ openraft::declare_raft_types!(
 pub type NodeId = u64;
 /// The raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;
-/// A log id (term, leader, index).
+/// A log id (term, index): with `single-term-leader` a term names its one leader.
 pub type LogId = openraft::LogId<NodeId>;
 /// A log entry.
 pub type Entry = openraft::Entry<TypeConfig>;

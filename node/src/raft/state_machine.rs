@@ -86,9 +86,11 @@ pub struct Replica {
 
 impl Replica {
     /// Opens (or creates) the replica at `path`, creating its directory if needed, and loads
-    /// the table, the last applied log id, the membership and the current snapshot.
+    /// the table, the last applied log id, the membership and the current snapshot (after
+    /// upgrading a file written in an older format, see `format`).
     pub fn open(path: &Path) -> Result<Arc<Self>, StorageError> {
         let db = open_database(path)?;
+        super::format::upgrade(&db, META, &[])?;
         let state = load(&db)?;
         let (applied_tx, _) = watch::channel(state.table.last_applied());
         Ok(Arc::new(Self {
