@@ -34,8 +34,8 @@ use tracing::{info, warn};
 use crate::bundle::{BundleLimits, BundleStore};
 use crate::cluster::identity::{join_token_path, Identity};
 use crate::cluster::{join, Cluster, ClusterConfig, Environment};
-use crate::dataplane::view::{RATE_KEY, WORKER_KEY};
-use crate::dataplane::{DataPlane, ServiceRouter};
+use crate::dataplane::view::RATE_KEY;
+use crate::dataplane::{self, DataPlane, ServiceRouter};
 use crate::manifest::AppKind;
 use crate::raft::state_machine::Replica;
 use crate::state::{App, AppTable};
@@ -211,7 +211,12 @@ impl Node {
         let worker = Worker::new(config.node_name.clone(), config.runtime);
         let dataplane = DataPlane::new(
             config.node_name.clone(),
-            config.worker,
+            dataplane::Settings {
+                runs_apps: config.worker,
+                runs_jobs: true,
+                // The RNG only breaks ties between equally loaded workers; nothing replays it.
+                rng_seed: u64::from(std::process::id()) ^ unix_ms_now(),
+            },
             worker.clone(),
             &mut registry,
         );
@@ -390,35 +395,10 @@ impl Node {
         }
     }
 
-    /// What this node gossips as its load: whether it runs apps, the requests its instances
-    /// are serving, its instances, and `warm:<app>` for every app with an instance of its
-    /// newest release that is not stopped (a paused or starting one is worth routing to).
+    /// What this node gossips as its load: its data plane's (see [`DataPlane::load`]) and
+    /// its host's CPUs and available memory.
     async fn load(&self) -> BTreeMap<String, String> {
-        let mut load = BTreeMap::new();
-        let mut instances = 0;
-        let mut in_flight_total: u64 = 0;
-        for app in self.worker.apps() {
-            let views = self.worker.status(&app).await;
-            instances += views.len();
-            let warm: Vec<_> = views
-                .iter()
-                .filter(|v| {
-                    !matches!(
-                        v.state.as_str(),
-                        "stopped" | "stopping" | "failed" | "removing"
-                    )
-                })
-                .collect();
-            let in_flight: u64 = warm.iter().map(|v| u64::from(v.in_flight)).sum();
-            in_flight_total += in_flight;
-            if let Some(newest) = warm.iter().map(|v| v.release).max() {
-                load.insert(format!("warm:{app}"), format!("{newest},{in_flight}"));
-            }
-        }
-        let runs_apps = self.dataplane.runs_apps() && self.worker.runtime_failed().is_none();
-        load.insert(WORKER_KEY.into(), if runs_apps { "1" } else { "0" }.into());
-        load.insert("instances".into(), instances.to_string());
-        load.insert("in_flight".into(), in_flight_total.to_string());
+        let mut load = self.dataplane.load().await;
         load.insert(
             "cpus".into(),
             std::thread::available_parallelism()

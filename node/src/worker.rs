@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+use shoal_proxy::forward::Dial;
 use shoal_proxy::ingress::{Lease, Rejection};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 use tokio::time::Instant;
@@ -86,6 +87,22 @@ impl Worker {
             apps: Mutex::new(HashMap::new()),
             actors: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A worker for node `node` whose apps run on `runtime` (the simulator's).
+    pub fn with_runtime(node: String, runtime: Arc<dyn ContainerRuntime>) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            preference: None,
+            runtime: OnceCell::new_with(Some(Ok(runtime))),
+            apps: Mutex::new(HashMap::new()),
+            actors: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// How leases reach instances when TCP does not (see [`ContainerRuntime::dialer`]).
+    fn dialer(&self) -> Option<Arc<dyn Dial>> {
+        self.runtime.get()?.as_ref().ok()?.dialer()
     }
 
     /// The runtime, chosen, connected (and the image ensured) on first call.
@@ -567,6 +584,7 @@ impl Actor {
                 tx: done_tx,
                 instance,
             }),
+            dial: self.worker.dialer(),
         };
         // If the client went away, the lease comes back and its guard marks the request done.
         let _ = reply.send(Ok(lease));
@@ -787,8 +805,17 @@ async fn wait_for_port(
     loop {
         // Bounded: once a container exits its address vanishes from the bridge, and a connect
         // to it hangs on ARP instead of being refused.
-        let attempt = tokio::time::timeout(CONNECT_ATTEMPT, tokio::net::TcpStream::connect(addr));
-        if let Ok(Ok(_)) = attempt.await {
+        let connected = match runtime.dialer() {
+            Some(dial) => matches!(
+                tokio::time::timeout(CONNECT_ATTEMPT, dial.dial(addr)).await,
+                Ok(Ok(_))
+            ),
+            None => matches!(
+                tokio::time::timeout(CONNECT_ATTEMPT, tokio::net::TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            ),
+        };
+        if connected {
             return Ok(());
         }
         let now = Instant::now();

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -79,6 +80,49 @@ where
             Err(_) => return gateway_timeout(),
         };
     finish_response(response, client_upgrade, target, on_stream)
+}
+
+/// A byte stream to an instance, as a [`Dial`] opens it.
+pub trait InstanceIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> InstanceIo for T {}
+
+/// Opens connections to instances that TCP does not reach: the simulator's, which answer in
+/// memory. A real node has none and uses its pooled TCP client ([`forward`]).
+pub trait Dial: Send + Sync + 'static {
+    /// A new connection to the instance at `addr` (refused when nothing listens there).
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Box<dyn InstanceIo>>>;
+}
+
+/// [`forward`] over a connection `dial` opens, one exchange per connection, with the same
+/// answers when the instance refuses, fails or is late.
+pub async fn forward_via<B>(
+    dial: &dyn Dial,
+    request: Request<B>,
+    addr: SocketAddr,
+    target: &ForwardTarget,
+    on_stream: Option<StreamHook>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let io = match tokio::time::timeout(CONNECT_TIMEOUT, dial.dial(addr)).await {
+        Ok(Ok(io)) => io,
+        Ok(Err(error)) => {
+            debug!(%addr, %error, "instance refused the connection");
+            return bad_gateway("the app is not accepting connections");
+        }
+        Err(_) => return bad_gateway("the app is not accepting connections"),
+    };
+    match forward_on(io, request, target, on_stream).await {
+        Ok(response) => response,
+        Err(ForwardError::Timeout) => gateway_timeout(),
+        Err(ForwardError::Failed(error)) => {
+            debug!(%addr, %error, "upstream request failed");
+            bad_gateway("the app closed the connection before answering")
+        }
+    }
 }
 
 /// Most idle connections kept per instance.
@@ -325,6 +369,67 @@ mod tests {
         strip_shoal_headers(&mut headers);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers["x-shoals"], "kept");
+    }
+
+    /// Instances in memory: `addr` port 1 answers with the request's `x-forwarded-for` and
+    /// an app's `x-shoal-node`; anything else refuses.
+    struct MemoryDial;
+
+    impl Dial for MemoryDial {
+        fn dial(
+            &self,
+            addr: SocketAddr,
+        ) -> BoxFuture<'static, std::io::Result<Box<dyn InstanceIo>>> {
+            Box::pin(async move {
+                if addr.port() != 1 {
+                    return Err(std::io::ErrorKind::ConnectionRefused.into());
+                }
+                let (client, server) = tokio::io::duplex(4096);
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let seen = request.headers()["x-forwarded-for"].clone();
+                    let response = Response::builder()
+                        .header("x-seen-for", seen)
+                        .header("x-shoal-node", "spoofed")
+                        .body(http_body_util::Full::new(Bytes::from_static(b"hi")))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(server), service),
+                );
+                Ok(Box::new(client) as Box<dyn InstanceIo>)
+            })
+        }
+    }
+
+    fn target() -> ForwardTarget {
+        ForwardTarget {
+            client: "192.0.2.7:5555".parse().unwrap(),
+            host: None,
+            timeout: Duration::from_secs(1),
+            from_peer: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dialled_instance_answers_through_the_same_header_rules() {
+        let request = Request::get("/x").body(body::empty()).unwrap();
+        let addr = "10.0.0.1:1".parse().unwrap();
+        let response = forward_via(&MemoryDial, request, addr, &target(), None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-seen-for"], "192.0.2.7");
+        assert!(!response.headers().contains_key("x-shoal-node"));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hi");
+    }
+
+    #[tokio::test]
+    async fn a_refused_dial_is_a_bad_gateway() {
+        let request = Request::get("/").body(body::empty()).unwrap();
+        let addr = "10.0.0.1:2".parse().unwrap();
+        let response = forward_via(&MemoryDial, request, addr, &target(), None).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
-use crate::forward::{forward, ForwardTarget, StreamHook};
+use crate::forward::{forward, forward_via, Dial, ForwardTarget, StreamHook};
 use crate::gate::Gate;
 use crate::limits::{guard_body, BodyCut};
 use crate::metrics::{IngressMetrics, NO_APP};
@@ -54,6 +54,9 @@ pub struct Lease {
     pub on_stream: Option<StreamHook>,
     /// Dropped when the response is finished: marks the request done.
     pub guard: Box<dyn Send>,
+    /// How to reach `addr` when TCP does not (the simulator's instances); `None` on a real
+    /// node.
+    pub dial: Option<Arc<dyn Dial>>,
 }
 
 /// Why no instance could take the request: answered 503 with Retry-After.
@@ -343,7 +346,10 @@ where
         timeout: APP_RESPONSE_TIMEOUT,
         from_peer: false,
     };
-    let response = forward(request, lease.addr, &target, lease.on_stream).await;
+    let response = match &lease.dial {
+        Some(dial) => forward_via(&**dial, request, lease.addr, &target, lease.on_stream).await,
+        None => forward(request, lease.addr, &target, lease.on_stream).await,
+    };
     let (mut parts, body) = response.into_parts();
     if let Some(waited) = lease.waited {
         if let Ok(value) = HeaderValue::from_str(&waited.as_millis().to_string()) {

@@ -262,11 +262,13 @@ fn run_one(args: &RunArgs) -> anyhow::Result<bool> {
         }
         writeln!(
             out,
-            "  {} leader terms, {} deploys acknowledged, {} runs accepted, {} ticks due in the \
-             quiet tail, messages {} delivered / {} lost",
+            "  {} leader terms, {} deploys acknowledged, {} runs accepted, {} requests ({} \
+             answered 200), {} ticks due in the quiet tail, messages {} delivered / {} lost",
             report.leader_terms,
             report.deploys_acked,
             report.runs_accepted,
+            report.requests.0,
+            report.requests.1,
             report.expected_ticks,
             report.messages.0,
             report.messages.1

@@ -129,6 +129,25 @@ pub enum Event {
         what: String,
     },
     /// A worker accepted a run an orchestrator sent it.
+    /// A node's runtime started an instance of a service app (a cold start or a scale-out).
+    InstanceStarted {
+        node: NodeId,
+        app: String,
+        instance: String,
+    },
+    /// The workload sent request `id` for `app` to node `ingress`.
+    RequestSent {
+        id: u64,
+        ingress: NodeId,
+        app: String,
+    },
+    /// Request `id` was answered (`instance`: the one that served it, if any did).
+    Answered {
+        id: u64,
+        ingress: NodeId,
+        status: u16,
+        instance: Option<String>,
+    },
     JobAccepted {
         /// The worker.
         worker: NodeId,

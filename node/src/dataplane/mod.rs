@@ -47,6 +47,7 @@ use crate::cluster::Cluster;
 use crate::manifest::AppSpec;
 use crate::worker::{AppActor, Worker};
 pub use view::PlacementView;
+use view::WORKER_KEY;
 
 /// QUIC stream kind of a forwarded request: a JSON [`ForwardHeader`] frame, then HTTP/1.1.
 pub const KIND_FORWARD: u8 = 20;
@@ -79,10 +80,23 @@ struct RouteLabels {
     outcome: &'static str,
 }
 
+/// How a node's data plane is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Runs app instances (false for `--no-worker`).
+    pub runs_apps: bool,
+    /// Takes cron job runs (false only where something else does: the simulator's stub
+    /// workers). Without it, job streams are ignored and no orphaned run is swept.
+    pub runs_jobs: bool,
+    /// Seeds the RNG that breaks ties between equally loaded workers.
+    pub rng_seed: u64,
+}
+
 /// This node's side of the data plane, shared by every app's router.
 pub struct DataPlane {
     node_name: String,
     runs_apps: bool,
+    runs_jobs: bool,
     worker: Arc<Worker>,
     cluster: OnceLock<Arc<Cluster>>,
     rng: Mutex<StdRng>,
@@ -100,10 +114,10 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// The data plane of node `node_name`; `runs_apps` false for `--no-worker`.
+    /// The data plane of node `node_name`.
     pub fn new(
         node_name: String,
-        runs_apps: bool,
+        settings: Settings,
         worker: Arc<Worker>,
         registry: &mut Registry,
     ) -> Arc<Self> {
@@ -113,14 +127,13 @@ impl DataPlane {
             "Service-app requests by where they went: local (no hop), remote (another node), retried, failed",
             routed.clone(),
         );
-        // The RNG only breaks ties between equally loaded instances; nothing replays it.
-        let seed = u64::from(std::process::id()) ^ crate::node::unix_ms_now();
         Arc::new_cyclic(|this| Self {
             node_name,
-            runs_apps,
+            runs_apps: settings.runs_apps,
+            runs_jobs: settings.runs_jobs,
             worker,
             cluster: OnceLock::new(),
-            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            rng: Mutex::new(StdRng::seed_from_u64(settings.rng_seed)),
             suspects: Mutex::default(),
             outstanding: Arc::default(),
             local: watch::Sender::new(Arc::default()),
@@ -133,7 +146,7 @@ impl DataPlane {
     /// Connects the data plane to the control plane, once it runs.
     pub fn attach(&self, cluster: Arc<Cluster>) {
         let _ = self.cluster.set(cluster);
-        if let (true, Some(this)) = (self.runs_apps, self.this.upgrade()) {
+        if let (true, Some(this)) = (self.runs_apps && self.runs_jobs, self.this.upgrade()) {
             tokio::spawn(this.sweep_orphan_runs());
         }
     }
@@ -185,6 +198,39 @@ impl DataPlane {
     /// Publishes the service apps this node can run now (called on every table change).
     pub fn set_local(&self, routers: BTreeMap<String, ServiceRouter>) {
         self.local.send_replace(Arc::new(routers));
+    }
+
+    /// What this node gossips about its apps: whether it runs apps ([`WORKER_KEY`]), the
+    /// requests its instances are serving, its instances, and `warm:<app>` for every app with
+    /// an instance of its newest release that is not stopped (a paused or starting one is
+    /// worth routing to).
+    pub async fn load(&self) -> BTreeMap<String, String> {
+        let mut load = BTreeMap::new();
+        let mut instances = 0;
+        let mut in_flight_total: u64 = 0;
+        for app in self.worker.apps() {
+            let views = self.worker.status(&app).await;
+            instances += views.len();
+            let warm: Vec<_> = views
+                .iter()
+                .filter(|v| {
+                    !matches!(
+                        v.state.as_str(),
+                        "stopped" | "stopping" | "failed" | "removing"
+                    )
+                })
+                .collect();
+            let in_flight: u64 = warm.iter().map(|v| u64::from(v.in_flight)).sum();
+            in_flight_total += in_flight;
+            if let Some(newest) = warm.iter().map(|v| v.release).max() {
+                load.insert(format!("warm:{app}"), format!("{newest},{in_flight}"));
+            }
+        }
+        let runs_apps = self.runs_apps && self.worker.runtime_failed().is_none();
+        load.insert(WORKER_KEY.into(), if runs_apps { "1" } else { "0" }.into());
+        load.insert("instances".into(), instances.to_string());
+        load.insert("in_flight".into(), in_flight_total.to_string());
+        load
     }
 
     fn count(&self, outcome: &'static str) {

@@ -29,7 +29,7 @@ const MAX_HEADER: usize = 16 << 10;
 impl StreamHandler for DataPlane {
     async fn handle(&self, peer: u64, kind: u8, send: LinkSend, mut recv: LinkRecv) {
         if kind == super::jobs::KIND_JOB {
-            if let Some(this) = self.this.upgrade() {
+            if let (true, Some(this)) = (self.runs_jobs, self.this.upgrade()) {
                 this.serve_job(peer, send, recv).await;
             }
             return;

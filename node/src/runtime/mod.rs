@@ -18,11 +18,13 @@ pub mod process;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
+use shoal_proxy::forward::Dial;
 
 /// Labels every Shoal container carries, so a restarted node can adopt or remove them.
 pub mod labels {
@@ -172,6 +174,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         spec: &InstanceSpec,
         timeout: Duration,
     ) -> Result<JobOutcome, RuntimeError>;
+    /// How connections reach this runtime's instances when TCP does not (the simulator's
+    /// instances answer in memory); `None`, the default: they listen on real sockets.
+    fn dialer(&self) -> Option<Arc<dyn Dial>> {
+        None
+    }
 }
 
 /// The last `limit` bytes of `output` as text, from the first full line when it was cut.

@@ -93,6 +93,9 @@ impl MembersChecker {
             Event::DeployAcked { .. }
             | Event::DeleteAcked { .. }
             | Event::JobAccepted { .. }
+            | Event::InstanceStarted { .. }
+            | Event::RequestSent { .. }
+            | Event::Answered { .. }
             | Event::Routed { .. }
             | Event::Slow { .. }
             | Event::DeleteRequested { .. } => {}

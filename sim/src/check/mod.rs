@@ -10,8 +10,10 @@
 //! - [`cron`]: each cron (job, tick) fires at most once, and at least once when it should;
 //! - [`members`]: gossip's live sets converge on the truth once faults stop;
 //! - [`monotonic`]: terms, commit indexes, applied indexes and release versions never go back;
-//! - [`routes`]: no work is sent to a node dead for longer than the detection bound.
+//! - [`routes`]: no work is sent to a node dead for longer than the detection bound;
+//! - [`coldstart`]: simultaneous requests to a cold app start one instance, and are answered.
 
+pub mod coldstart;
 pub mod cron;
 pub mod deploys;
 pub mod leader;
@@ -19,6 +21,7 @@ pub mod members;
 pub mod monotonic;
 pub mod routes;
 
+pub use coldstart::ColdStartChecker;
 pub use cron::CronChecker;
 pub use deploys::DeployChecker;
 pub use leader::LeaderChecker;
@@ -47,6 +50,9 @@ pub struct End {
     /// quiet long enough: each must have a committed first-attempt fire in the final table of
     /// some live node.
     pub expected_ticks: Vec<(String, i64)>,
+    /// Apps whose first requests came as one burst from several nodes while the cluster was
+    /// quiet: each must have started at most one instance and answered every request.
+    pub cold_bursts: Vec<String>,
 }
 
 /// One invariant, checked as the trace grows. Pure: no I/O, no clock, no randomness, no
@@ -70,6 +76,7 @@ pub fn all(params: &Params) -> Vec<Box<dyn Checker>> {
         Box::new(MembersChecker::new(params)),
         Box::new(MonotonicChecker::default()),
         Box::new(RouteChecker::new(params)),
+        Box::new(ColdStartChecker::default()),
     ]
 }
 

@@ -343,6 +343,7 @@ mod cron {
                 .iter()
                 .map(|(job, tick)| (job.to_string(), *tick))
                 .collect(),
+            ..End::default()
         }
     }
 

@@ -5,10 +5,17 @@
 //! spawned; [`Host::start`] builds a new one on the same data dir. The harness steps each
 //! runtime by 1 ms of virtual time with [`Host::step`].
 //!
-//! Workers run no containers: a [`StubWorker`] takes the jobs the orchestrator dispatches,
-//! records them, and reports each run started and then succeeded through raft, as a worker
-//! would.
+//! Each node also runs the real data plane: a [`Worker`] on the simulator's in-memory
+//! [`SimRuntime`], and a [`DataPlane`] that places requests, forwards them over the simulated
+//! links and serves those forwarded to it. What `node::follow_table` does on a real node, a
+//! small loop does here: the table's service apps become routers (no bundles: the simulated
+//! instances never read one), and every 250 ms the data plane's load goes out through gossip,
+//! with fixed host facts.
+//!
+//! Jobs run on no runtime: a [`StubWorker`] takes the jobs the orchestrator dispatches, records
+//! them, and reports each run started and then succeeded through raft, as a worker would.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,22 +24,26 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use prometheus_client::registry::Registry;
 use shoal::bundle::{BundleLimits, BundleStore};
 use shoal::cluster::identity::Identity;
 use shoal::cluster::{Cluster, ClusterConfig, Environment, RaftTiming};
 use shoal::dataplane::jobs::{JobBook, JobMessage, KIND_JOB};
-use shoal::dataplane::view::WORKER_KEY;
-use shoal::dataplane::KIND_FORWARD;
+use shoal::dataplane::{DataPlane, ServiceRouter, Settings, KIND_FORWARD};
+use shoal::manifest::AppKind;
 use shoal::raft::state_machine::Replica;
 use shoal::runs::{RunEnd, RunState};
 use shoal::state::Command;
+use shoal::worker::Worker;
 use shoal_mesh::link::{LinkRecv, LinkSend, StreamHandler};
 use shoal_mesh::quic::{read_frame, write_frame};
+use shoal_proxy::ingress::{Client, ServiceBackend};
 use tokio_util::sync::CancellationToken;
 
 use super::gossip_net::GossipNet;
 use super::link::{OpenHook, SimLink, Switchboard};
 use super::net::Net;
+use super::runtime::{SimRuntime, INSTANCE_HEADER};
 use crate::trace::{Event, NodeId};
 
 /// The Unix time (ms) at which every simulation starts: 2026-01-01T00:00:00Z.
@@ -55,12 +66,19 @@ pub struct Shared {
     pub outbox: Arc<Mutex<Vec<Event>>>,
     /// The admin token every node is given.
     pub token: String,
+    /// The last request id handed out.
+    pub requests: Arc<AtomicU64>,
 }
 
 impl Shared {
     /// Records `event`.
     pub fn record(&self, event: Event) {
         super::lock(&self.outbox).push(event);
+    }
+
+    /// A new request id.
+    pub fn next_request(&self) -> u64 {
+        self.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Takes what was recorded since the last call.
@@ -86,6 +104,10 @@ pub struct Host {
 
 struct Running {
     cluster: Arc<Cluster>,
+    /// The service apps this node routes, by name (its ingress).
+    routers: Routers,
+    /// Its data plane (which holds its routers, which hold it: cleared at a crash).
+    dataplane: Arc<DataPlane>,
     // Dropped after `cluster` (fields drop in order): the node's tasks go with it.
     runtime: tokio::runtime::Runtime,
 }
@@ -145,11 +167,32 @@ impl Host {
             &data_dir.join("bundles"),
             BundleLimits::default(),
         )?);
-        let worker = Arc::new(StubWorker {
+        let stub = Arc::new(StubWorker {
             node: self.id,
             shared: shared.clone(),
             cluster: OnceLock::new(),
             book: Mutex::default(),
+        });
+        let runtime_of_apps = SimRuntime::new(self.id, shared.clone());
+        let worker = Worker::with_runtime(self.name.clone(), Arc::new(runtime_of_apps));
+        let dataplane = {
+            // Entered so that the data plane's tasks belong to this node.
+            let _entered = runtime.enter();
+            DataPlane::new(
+                self.name.clone(),
+                Settings {
+                    runs_apps: true,
+                    runs_jobs: false,
+                    rng_seed: self.id,
+                },
+                worker.clone(),
+                &mut Registry::default(),
+            )
+        };
+        let handler = Arc::new(NodeHandler {
+            stub: stub.clone(),
+            // Weak: the data plane holds the cluster, which holds this handler.
+            dataplane: Arc::downgrade(&dataplane),
         });
         let net = shared.net.clone();
         let board = shared.board.clone();
@@ -201,26 +244,71 @@ impl Host {
             replica,
             bundles,
             shared.token.clone(),
-            worker.clone(),
+            handler,
             CancellationToken::new(),
         );
         let cluster = runtime.block_on(start)?;
-        let _ = worker.cluster.set(Arc::downgrade(&cluster));
-        // What a node's load loop publishes, with fixed host facts (never this machine's).
-        cluster.set_load(
-            [
-                (WORKER_KEY, "1"),
-                ("instances", "0"),
-                ("in_flight", "0"),
-                ("cpus", "2"),
-                ("mem_available_mib", "4096"),
-            ]
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
-            .collect(),
-        );
-        self.running = Some(Running { cluster, runtime });
+        let _ = stub.cluster.set(Arc::downgrade(&cluster));
+        let routers = Routers::default();
+        {
+            let _entered = runtime.enter();
+            dataplane.attach(cluster.clone());
+            tokio::spawn(follow_table(
+                cluster.clone(),
+                worker,
+                dataplane.clone(),
+                routers.clone(),
+            ));
+        }
+        self.running = Some(Running {
+            cluster,
+            routers,
+            dataplane,
+            runtime,
+        });
         Ok(())
+    }
+
+    /// Sends one request for `app` into this node's ingress (as DNS round robin would); its
+    /// answer is recorded as [`Event::Answered`]. Nothing if the node is down.
+    pub fn request(&self, shared: &Shared, id: u64, app: &str) {
+        let Some(running) = &self.running else {
+            return;
+        };
+        let router = super::lock(&running.routers).get(app).cloned();
+        let shared = shared.clone();
+        let ingress = self.id;
+        running.runtime.spawn(async move {
+            let Some(router) = router else {
+                shared.record(Event::Answered {
+                    id,
+                    ingress,
+                    status: 404,
+                    instance: None,
+                });
+                return;
+            };
+            let request = http::Request::get("/")
+                .header(http::header::HOST, "sim")
+                .body(shoal_proxy::body::empty())
+                .expect("a valid request");
+            let client = Client {
+                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 40000),
+                host: Some("sim".into()),
+            };
+            let response = ServiceBackend::serve(&router, request, client).await;
+            let instance = response
+                .headers()
+                .get(INSTANCE_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            shared.record(Event::Answered {
+                id,
+                ingress,
+                status: response.status().as_u16(),
+                instance,
+            });
+        });
     }
 
     /// Makes the node's disk slow: each raft log flush takes `extra_ms` more (0: normal).
@@ -233,8 +321,14 @@ impl Host {
         shared.board.unregister(self.id);
         shared.net.set_down(self.id, true);
         if let Some(running) = self.running.take() {
-            let Running { cluster, runtime } = running;
-            drop(cluster);
+            let Running {
+                cluster,
+                routers,
+                dataplane,
+                runtime,
+            } = running;
+            dataplane.set_local(BTreeMap::new());
+            drop((cluster, routers, dataplane));
             runtime.shutdown_background();
         }
     }
@@ -255,6 +349,84 @@ impl Host {
     {
         if let Some(running) = &self.running {
             running.runtime.spawn(task(running.cluster.clone()));
+        }
+    }
+}
+
+/// The service apps a node routes, by name.
+type Routers = Arc<Mutex<BTreeMap<String, ServiceRouter>>>;
+
+/// What `node::follow_table` does on a real node, for service apps and without bundles: on
+/// every table change the data plane gets a router per service app (kept per release, so a
+/// release's router and its actor live on), apps gone from the table are retired, and every
+/// 250 ms the data plane's load is published with fixed host facts (never this machine's).
+async fn follow_table(
+    cluster: Arc<Cluster>,
+    worker: Arc<Worker>,
+    dataplane: Arc<DataPlane>,
+    routers: Routers,
+) {
+    let mut by_release: BTreeMap<(String, u64), ServiceRouter> = BTreeMap::new();
+    let mut seen = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for round in 0u64.. {
+        tick.tick().await;
+        let table = cluster.table();
+        if seen.as_ref().is_none_or(|seen| !Arc::ptr_eq(seen, &table)) {
+            let mut current = BTreeMap::new();
+            for app in table.apps() {
+                let release = app.current();
+                if release.spec.kind != AppKind::Service {
+                    continue;
+                }
+                let router = by_release
+                    .entry((app.name.clone(), release.version))
+                    .or_insert_with(|| {
+                        dataplane.router(
+                            &release.spec,
+                            release.version,
+                            PathBuf::from("/sim/no-bundle"),
+                            &release.digest,
+                        )
+                    });
+                current.insert(app.name.clone(), router.clone());
+            }
+            by_release.retain(|(app, version), _| {
+                table
+                    .get(app)
+                    .is_some_and(|a| a.current().version == *version)
+            });
+            for app in worker.apps() {
+                if !current.contains_key(&app) {
+                    worker.retire(&app);
+                }
+            }
+            dataplane.set_local(current.clone());
+            *super::lock(&routers) = current;
+            seen = Some(table);
+        }
+        if round % 5 == 0 {
+            let mut load = dataplane.load().await;
+            load.insert("cpus".into(), "2".into());
+            load.insert("mem_available_mib".into(), "4096".into());
+            cluster.set_load(load);
+        }
+    }
+}
+
+/// Streams to a node: job runs to its stub worker, the rest to its data plane.
+struct NodeHandler {
+    stub: Arc<StubWorker>,
+    dataplane: Weak<DataPlane>,
+}
+
+#[async_trait]
+impl StreamHandler for NodeHandler {
+    async fn handle(&self, peer: u64, kind: u8, send: LinkSend, recv: LinkRecv) {
+        if kind == KIND_JOB {
+            self.stub.handle(peer, kind, send, recv).await;
+        } else if let Some(dataplane) = self.dataplane.upgrade() {
+            dataplane.handle(peer, kind, send, recv).await;
         }
     }
 }

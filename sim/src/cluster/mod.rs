@@ -4,7 +4,8 @@
 //!
 //! - `net`: the broker every cross-node message goes through (latency, loss, partitions).
 //! - `gossip_net`: chitchat datagrams over it; `link`: node-to-node streams over it.
-//! - `host`: one node, its runtime and data dir; crash and restart.
+//! - `host`: one node, its runtime and data dir; crash and restart; its data plane (the real
+//!   worker and placement) on `runtime`'s in-memory instances.
 //! - `run`: one seed: scenario, loop, observations, checkers, trace hash.
 
 pub mod gossip_net;
@@ -20,6 +21,7 @@ pub mod host;
 pub mod link;
 pub mod net;
 pub mod run;
+pub mod runtime;
 
 #[cfg(test)]
 #[path = "link_tests.rs"]

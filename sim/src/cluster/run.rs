@@ -80,6 +80,8 @@ pub struct Report {
     pub deploys_acked: usize,
     /// Job runs workers accepted.
     pub runs_accepted: usize,
+    /// Requests sent to services, and how many were answered `200`.
+    pub requests: (usize, usize),
     /// Cron ticks that had to fire in the quiet tail.
     pub expected_ticks: usize,
     /// Messages the network delivered and lost.
@@ -121,6 +123,11 @@ enum Action {
         app: String,
         via: usize,
     },
+    /// One request for `app` into each of these nodes' ingress, at the same instant.
+    Requests {
+        app: String,
+        via: Vec<usize>,
+    },
 }
 
 /// The cluster and the timeline a seed draws.
@@ -131,6 +138,8 @@ struct Scenario {
     timeline: BTreeMap<u64, Vec<Action>>,
     /// When the last fault ends.
     quiet_from_ms: u64,
+    /// The app deployed in the quiet tail whose first requests come as one burst.
+    cold_burst: Option<String>,
 }
 
 impl Scenario {
@@ -181,6 +190,19 @@ impl Scenario {
                 Action::Delete {
                     app: format!("web-{}", rng.gen_range(0..3)),
                     via: rng.gen_range(0..nodes),
+                },
+            );
+        }
+        // Requests to the services while faults happen: routing, retries, cold and warm.
+        for _ in 0..rng.gen_range(2..6) {
+            let via = (0..rng.gen_range(1..=4))
+                .map(|_| rng.gen_range(0..nodes))
+                .collect();
+            at(
+                rng.gen_range(3_000..end_ms.saturating_sub(2_000).max(3_001)),
+                Action::Requests {
+                    app: format!("web-{}", rng.gen_range(0..3)),
+                    via,
                 },
             );
         }
@@ -242,12 +264,38 @@ impl Scenario {
                 t += lasts;
             }
         }
+        // Once quiet: a new app, and a burst of simultaneous first requests from several nodes.
+        let deploy_at = quiet_from_ms.max(6_000) + SETTLE.as_millis() as u64;
+        let burst_at = deploy_at + 3_000;
+        let cold_burst = (burst_at + 4_000 <= end_ms).then(|| {
+            let app = "cold".to_owned();
+            at(
+                deploy_at,
+                Action::Deploy {
+                    spec: service(&app, 0),
+                    app: app.clone(),
+                    via: rng.gen_range(0..nodes),
+                },
+            );
+            let via = (0..rng.gen_range(3..=8))
+                .map(|_| rng.gen_range(0..nodes))
+                .collect();
+            at(
+                burst_at,
+                Action::Requests {
+                    app: app.clone(),
+                    via,
+                },
+            );
+            app
+        });
         Self {
             nodes,
             voters,
             net_faults,
             timeline,
             quiet_from_ms,
+            cold_burst,
         }
     }
 }
@@ -264,6 +312,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
         board: Switchboard::default(),
         outbox: Default::default(),
         token: format!("sim-admin-{:016x}", rng.gen::<u64>()),
+        requests: Arc::default(),
     };
     let mut hosts = build_hosts(&mut rng, &scenario, &shared)?;
     let params = Params {
@@ -328,6 +377,12 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     }
     let end = End {
         expected_ticks: expected_ticks(&scenario, &stats, now),
+        cold_bursts: scenario
+            .cold_burst
+            .iter()
+            .filter(|app| stats.acked.contains(*app))
+            .cloned()
+            .collect(),
     };
     for checker in &mut checkers {
         violations.extend(checker.finish(now, &end));
@@ -347,6 +402,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
         leader_terms: stats.leader_terms.len(),
         deploys_acked: stats.deploys_acked,
         runs_accepted: stats.runs_accepted,
+        requests: (stats.requests, stats.answered_ok),
         expected_ticks: end.expected_ticks.len(),
         messages: (messages.delivered, messages.lost),
         violations,
@@ -474,6 +530,19 @@ fn act(
             });
             None
         }
+        Action::Requests { app, via } => {
+            for &index in via {
+                let host = live_host(hosts, index);
+                let id = shared.next_request();
+                shared.record(Event::RequestSent {
+                    id,
+                    ingress: host.id,
+                    app: app.clone(),
+                });
+                host.request(shared, id, app);
+            }
+            None
+        }
         Action::Delete { app, via } => {
             let command = Command::Delete { name: app.clone() };
             let recorder = shared.clone();
@@ -536,6 +605,10 @@ struct Stats {
     deploys_acked: usize,
     runs_accepted: usize,
     cron_acked: bool,
+    /// Apps with an acknowledged deploy.
+    acked: BTreeSet<String>,
+    requests: usize,
+    answered_ok: usize,
 }
 
 impl Stats {
@@ -552,7 +625,10 @@ impl Stats {
                 Event::DeployAcked { app, .. } => {
                     self.deploys_acked += 1;
                     self.cron_acked |= app == CRON_APP;
+                    self.acked.insert(app.clone());
                 }
+                Event::RequestSent { .. } => self.requests += 1,
+                Event::Answered { status: 200, .. } => self.answered_ok += 1,
                 Event::JobAccepted { .. } => self.runs_accepted += 1,
                 _ => {}
             }
