@@ -10,6 +10,9 @@ pub enum Bug {
     CronFireWithoutCommit,
     /// The cron duty dispatches runs to workers gossip reports dead.
     DispatchIgnoresLiveness,
+    /// An ingress sends a cold app's request to a worker of its own random choice, not the one
+    /// the cold rule picks from every node's view (so simultaneous requests start several).
+    ColdSpawnAnywhere,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -27,6 +30,7 @@ impl Bug {
         match self {
             Self::CronFireWithoutCommit => 1,
             Self::DispatchIgnoresLiveness => 2,
+            Self::ColdSpawnAnywhere => 4,
         }
     }
 }

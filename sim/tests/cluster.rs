@@ -17,7 +17,7 @@ const SHORT: &str = "24";
 const BUG: &str = "cron-fire-without-commit";
 
 /// The fields of `run --json`, which the multi-seed runner and users' scripts read.
-const REPORT_FIELDS: [&str; 13] = [
+const REPORT_FIELDS: [&str; 14] = [
     "seed",
     "trace_hash",
     "nodes",
@@ -28,6 +28,7 @@ const REPORT_FIELDS: [&str; 13] = [
     "leader_terms",
     "deploys_acked",
     "runs_accepted",
+    "requests",
     "expected_ticks",
     "messages",
     "violations",
@@ -199,6 +200,13 @@ fn clean_runs_pass_and_do_work() {
             assert!(run.count(field) >= 1, "seed {seed}: {field} is 0");
         }
         assert_eq!(run.count("simulated_ms"), 30_000, "seed {seed}");
+        let answered_ok = run.report["requests"][1]
+            .as_u64()
+            .expect("requests is [sent, ok]");
+        assert!(
+            answered_ok >= 3,
+            "seed {seed}: the cold burst was not answered"
+        );
         faults += run.report["faults"].as_array().map_or(0, Vec::len);
     }
     assert!(
@@ -225,6 +233,27 @@ fn planted_bug_is_caught() {
     );
     assert_eq!(clean.code, Some(0), "{}", clean.report);
     assert_eq!(clean.violations(), Vec::<String>::new());
+}
+
+/// Simultaneous requests to a cold app start one instance: with the cold rule replaced by
+/// each ingress's own random pick (planted), the `one-cold-start` checker reports several
+/// starts, while the same seeds pass without the bug.
+#[test]
+fn cold_start_without_single_flight_is_caught() {
+    for seed in 1..=3 {
+        let buggy = run_seed(seed, SHORT, &["--bug", "cold-spawn-anywhere"], &[]);
+        assert_eq!(buggy.code, Some(1), "seed {seed}: {}", buggy.report);
+        assert!(
+            buggy
+                .violations()
+                .iter()
+                .any(|v| v.starts_with("one-cold-start ") && v.contains("instances")),
+            "seed {seed}: no extra cold start reported: {:?}",
+            buggy.violations()
+        );
+        let clean = run_seed(seed, SHORT, &[], &[]);
+        assert_eq!(clean.code, Some(0), "seed {seed}: {}", clean.report);
+    }
 }
 
 /// The multi-seed runner runs each seed twice with `--check-determinism`, says each replayed

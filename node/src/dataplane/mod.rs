@@ -285,12 +285,20 @@ impl DataPlane {
             concurrency_target: router.spec.scale.concurrency_target,
             max_holders: router.spec.scale.max,
         };
-        place(
-            &request,
-            &workers,
-            &warm,
-            &mut *self.rng.lock().expect("rng lock"),
-        )
+        let mut rng = self.rng.lock().expect("rng lock");
+        let decision = place(&request, &workers, &warm, &mut *rng);
+        if let Decision::Spawn { .. } = decision {
+            if crate::planted::enabled(crate::planted::Bug::ColdSpawnAnywhere) {
+                let eligible: Vec<u64> = workers
+                    .iter()
+                    .filter(|w| w.live && w.runs_apps)
+                    .map(|w| w.node)
+                    .collect();
+                let node = eligible[rand::Rng::gen_range(&mut *rng, 0..eligible.len())];
+                return Decision::Spawn { node };
+            }
+        }
+        decision
     }
 
     async fn route(
