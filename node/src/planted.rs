@@ -13,6 +13,9 @@ pub enum Bug {
     /// An ingress sends a cold app's request to a worker of its own random choice, not the one
     /// the cold rule picks from every node's view (so simultaneous requests start several).
     ColdSpawnAnywhere,
+    /// The raft log (entries, vote, committed id) is written without ever being synced to
+    /// disk, and reports its writes durable all the same.
+    RaftLogNeverSyncs,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -31,6 +34,7 @@ impl Bug {
             Self::CronFireWithoutCommit => 1,
             Self::DispatchIgnoresLiveness => 2,
             Self::ColdSpawnAnywhere => 4,
+            Self::RaftLogNeverSyncs => 8,
         }
     }
 }

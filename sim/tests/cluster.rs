@@ -333,26 +333,26 @@ fn short_runs_do_not_panic() {
     }
 }
 
-/// The subtler planted bug (the cron duty sends runs to workers gossip reports dead) is
-/// invisible to most seeds but caught by some within a CI-sized batch, by the routing checker;
-/// the same batch without the bug passes.
+/// Bugs that only some seeds reach: dispatch to workers gossip reports dead (caught by the
+/// no-route-to-dead checker), and a raft log that never syncs its writes (the simulated disk
+/// loses them at a crash, and the restarted node's term goes back). Each makes a batch of 12
+/// seeds fail and print its replay command; the same batch without a bug passes.
 #[test]
-fn dispatch_to_dead_workers_is_caught_by_some_seed() {
+fn planted_bugs_are_caught_by_some_seed_of_a_batch() {
     let batch = ["--seeds", "12", "--seconds", "40", "--jobs", "2"];
-    let planted = shoal_sim(
-        &[&batch[..], &["--bug", "dispatch-ignores-liveness"]].concat(),
-        &[],
-    );
-    let stdout = String::from_utf8_lossy(&planted.stdout);
-    assert_ne!(planted.status.code(), Some(0), "{stdout}");
-    assert!(
-        stdout.contains("VIOLATION no-route-to-dead"),
-        "no seed caught the bug:\n{stdout}"
-    );
-    assert!(
-        stdout.contains("--bug dispatch-ignores-liveness --trace"),
-        "{stdout}"
-    );
+    for (bug, checker) in [
+        ("dispatch-ignores-liveness", "no-route-to-dead"),
+        ("raft-log-never-syncs", "never-backwards"),
+    ] {
+        let planted = shoal_sim(&[&batch[..], &["--bug", bug]].concat(), &[]);
+        let stdout = String::from_utf8_lossy(&planted.stdout);
+        assert_ne!(planted.status.code(), Some(0), "{bug}: {stdout}");
+        assert!(
+            stdout.contains(&format!("VIOLATION {checker}")),
+            "no seed caught {bug}:\n{stdout}"
+        );
+        assert!(stdout.contains(&format!("--bug {bug} --trace")), "{stdout}");
+    }
 
     let clean = shoal_sim(&batch, &[]);
     let stdout = String::from_utf8_lossy(&clean.stdout);

@@ -54,6 +54,8 @@ pub struct Environment {
     pub raft: RaftTiming,
     /// Milliseconds added to every raft log flush (a slow disk); `None`: the disk as it is.
     pub disk_delay: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Opens the raft log's database somewhere other than the file system; `None`: a file.
+    pub database: Option<crate::raft::log_store::DatabaseOpener>,
 }
 
 impl Default for Environment {
@@ -64,6 +66,7 @@ impl Default for Environment {
             gossip: None,
             raft: RaftTiming::default(),
             disk_delay: None,
+            database: None,
         }
     }
 }

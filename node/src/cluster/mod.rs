@@ -235,8 +235,9 @@ impl Cluster {
         };
         let raft = if identity.voter {
             let raft_dir = config.data_dir.join("raft");
-            let mut log_store = LogStore::open(&raft_dir.join("log.redb"))
-                .map_err(|error| anyhow::anyhow!("cannot open the raft log: {error}"))?;
+            let mut log_store =
+                LogStore::open_with(&raft_dir.join("log.redb"), env.database.as_ref())
+                    .map_err(|error| anyhow::anyhow!("cannot open the raft log: {error}"))?;
             if let Some(delay) = env.disk_delay.clone() {
                 log_store = log_store.with_flush_delay(delay);
             }

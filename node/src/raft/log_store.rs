@@ -55,8 +55,19 @@ impl<T, E: std::error::Error + 'static> OrStorageError<T> for Result<T, E> {
     }
 }
 
-/// Creates the parent directory of `path` and opens (or creates) the redb file there.
-pub(crate) fn open_database(path: &Path) -> Result<Database, StorageError> {
+/// Opens (or creates) the raft database at a path somewhere other than the file system: the
+/// simulator's disk, which loses what was written but not synced when its node crashes.
+pub type DatabaseOpener = Arc<dyn Fn(&Path) -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
+/// Opens (or creates) the redb database at `path`: with `opener` if given, else as a file,
+/// creating its parent directory.
+pub(crate) fn open_database(
+    path: &Path,
+    opener: Option<&DatabaseOpener>,
+) -> Result<Database, StorageError> {
+    if let Some(opener) = opener {
+        return opener(path).or_storage(&(ErrorSubject::Store, ErrorVerb::Read));
+    }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).or_storage(&(ErrorSubject::Store, ErrorVerb::Write))?;
     }
@@ -77,7 +88,12 @@ impl LogStore {
     /// Opens (or creates) the log at `path`, creating its directory if needed, and upgrades a log
     /// written in an older format (see `format`).
     pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let db = open_database(path)?;
+        Self::open_with(path, None)
+    }
+
+    /// [`LogStore::open`], through `opener` when given (see [`DatabaseOpener`]).
+    pub fn open_with(path: &Path, opener: Option<&DatabaseOpener>) -> Result<Self, StorageError> {
+        let db = open_database(path, opener)?;
         // Opening the tables in a write transaction creates them on first start, so that
         // read transactions never meet a missing table.
         let write = (ErrorSubject::Store, ErrorVerb::Write);
@@ -113,6 +129,16 @@ impl LogStore {
         serde_json::from_slice(value.value()).or_storage(&read)
     }
 
+    /// A write transaction, durable when committed (unless a planted bug says otherwise).
+    fn begin_write(&self, failure: &Failure) -> Result<redb::WriteTransaction, StorageError> {
+        #[allow(unused_mut)] // changed only by a planted bug
+        let mut txn = self.db.begin_write().or_storage(failure)?;
+        if crate::planted::enabled(crate::planted::Bug::RaftLogNeverSyncs) {
+            txn.set_durability(redb::Durability::None);
+        }
+        Ok(txn)
+    }
+
     fn write_meta<T: Serialize>(
         &self,
         key: &str,
@@ -121,7 +147,7 @@ impl LogStore {
     ) -> Result<(), StorageError> {
         let write = (subject, ErrorVerb::Write);
         let bytes = serde_json::to_vec(value).or_storage(&write)?;
-        let txn = self.db.begin_write().or_storage(&write)?;
+        let txn = self.begin_write(&write)?;
         {
             let mut meta = txn.open_table(META).or_storage(&write)?;
             meta.insert(key, bytes.as_slice()).or_storage(&write)?;
@@ -211,7 +237,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let write = (ErrorSubject::Logs, ErrorVerb::Write);
-        let txn = self.db.begin_write().or_storage(&write)?;
+        let txn = self.begin_write(&write)?;
         {
             let mut log = txn.open_table(LOG).or_storage(&write)?;
             for entry in entries {
@@ -235,7 +261,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let delete = (ErrorSubject::Log(log_id), ErrorVerb::Delete);
-        let txn = self.db.begin_write().or_storage(&delete)?;
+        let txn = self.begin_write(&delete)?;
         {
             let mut log = txn.open_table(LOG).or_storage(&delete)?;
             log.retain_in(log_id.index.., |_, _| false)
@@ -247,7 +273,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let delete = (ErrorSubject::Log(log_id), ErrorVerb::Delete);
         let bytes = serde_json::to_vec(&log_id).or_storage(&delete)?;
-        let txn = self.db.begin_write().or_storage(&delete)?;
+        let txn = self.begin_write(&delete)?;
         {
             // The purge mark and the deletion commit together, so `get_log_state` never sees
             // a hole between the last purged id and the first entry.

@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::log_store::{open_database, OrStorageError};
+use super::log_store::{open_database, DatabaseOpener, OrStorageError};
 use super::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{App, AppTable, Applied, Command};
 
@@ -89,7 +89,15 @@ impl Replica {
     /// the table, the last applied log id, the membership and the current snapshot (after
     /// upgrading a file written in an older format, see `format`).
     pub fn open(path: &Path) -> Result<Arc<Self>, StorageError> {
-        let db = open_database(path)?;
+        Self::open_with(path, None)
+    }
+
+    /// [`Replica::open`], through `opener` when given (see [`DatabaseOpener`]).
+    pub fn open_with(
+        path: &Path,
+        opener: Option<&DatabaseOpener>,
+    ) -> Result<Arc<Self>, StorageError> {
+        let db = open_database(path, opener)?;
         super::format::upgrade(&db, META, &[])?;
         let state = load(&db)?;
         let (applied_tx, _) = watch::channel(state.table.last_applied());

@@ -40,6 +40,7 @@ use shoal_mesh::quic::{read_frame, write_frame};
 use shoal_proxy::ingress::{Client, ServiceBackend};
 use tokio_util::sync::CancellationToken;
 
+use super::disk::SimDisk;
 use super::gossip_net::GossipNet;
 use super::link::{OpenHook, SimLink, Switchboard};
 use super::net::Net;
@@ -99,6 +100,8 @@ pub struct Host {
     dir: tempfile::TempDir,
     /// Extra ms each raft log flush takes (a slow disk); outlives restarts, like the disk.
     disk_delay: Arc<AtomicU64>,
+    /// Raft's log and state machine files; a crash loses their unsynced writes.
+    disk: SimDisk,
     running: Option<Running>,
 }
 
@@ -126,6 +129,7 @@ impl Host {
             identity,
             dir,
             disk_delay: Arc::new(AtomicU64::new(0)),
+            disk: SimDisk::default(),
             running: None,
         })
     }
@@ -161,8 +165,11 @@ impl Host {
             .context("cannot build the node's runtime")?;
         let data_dir: PathBuf = self.dir.path().to_owned();
         std::fs::create_dir_all(data_dir.join("raft"))?;
-        let replica = Replica::open(&data_dir.join("raft").join("state.redb"))
-            .map_err(|error| anyhow::anyhow!("cannot open the app table: {error}"))?;
+        let replica = Replica::open_with(
+            &data_dir.join("raft").join("state.redb"),
+            Some(&self.disk.opener()),
+        )
+        .map_err(|error| anyhow::anyhow!("cannot open the app table: {error}"))?;
         let bundles = Arc::new(BundleStore::open(
             &data_dir.join("bundles"),
             BundleLimits::default(),
@@ -225,6 +232,7 @@ impl Host {
             )),
             raft: timing,
             disk_delay: Some(self.disk_delay.clone()),
+            database: Some(self.disk.opener()),
         };
         let config = ClusterConfig {
             node_name: self.name.clone(),
@@ -316,11 +324,14 @@ impl Host {
         self.disk_delay.store(extra_ms, Ordering::Relaxed);
     }
 
-    /// Kills the node: its runtime and every task on it are dropped; the data dir stays.
+    /// Kills the node: its disk loses what was not synced (before anything of the node can
+    /// shut down cleanly), then its runtime and every task on it are dropped; the data dir
+    /// stays.
     pub fn crash(&mut self, shared: &Shared) {
         shared.board.unregister(self.id);
         shared.net.set_down(self.id, true);
         if let Some(running) = self.running.take() {
+            self.disk.crash();
             let Running {
                 cluster,
                 routers,

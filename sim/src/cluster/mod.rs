@@ -4,10 +4,12 @@
 //!
 //! - `net`: the broker every cross-node message goes through (latency, loss, partitions).
 //! - `gossip_net`: chitchat datagrams over it; `link`: node-to-node streams over it.
+//! - `disk`: raft's redb files in memory; a crash loses what was not synced.
 //! - `host`: one node, its runtime and data dir; crash and restart; its data plane (the real
 //!   worker and placement) on `runtime`'s in-memory instances.
 //! - `run`: one seed: scenario, loop, observations, checkers, trace hash.
 
+pub mod disk;
 pub mod gossip_net;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
