@@ -71,11 +71,11 @@ where
             Ok(Ok(response)) => response,
             Ok(Err(error)) if error.is_connect() => {
                 debug!(%addr, %error, "instance refused the connection");
-                return bad_gateway("the app is not accepting connections");
+                return not_accepting();
             }
             Ok(Err(error)) => {
                 debug!(%addr, %error, "upstream request failed");
-                return bad_gateway("the app closed the connection before answering");
+                return closed_early();
             }
             Err(_) => return gateway_timeout(),
         };
@@ -111,18 +111,28 @@ where
         Ok(Ok(io)) => io,
         Ok(Err(error)) => {
             debug!(%addr, %error, "instance refused the connection");
-            return bad_gateway("the app is not accepting connections");
+            return not_accepting();
         }
-        Err(_) => return bad_gateway("the app is not accepting connections"),
+        Err(_) => return not_accepting(),
     };
     match forward_on(io, request, target, on_stream).await {
         Ok(response) => response,
         Err(ForwardError::Timeout) => gateway_timeout(),
         Err(ForwardError::Failed(error)) => {
             debug!(%addr, %error, "upstream request failed");
-            bad_gateway("the app closed the connection before answering")
+            closed_early()
         }
     }
+}
+
+/// `502`: nothing accepts connections at the instance's address.
+fn not_accepting() -> Response<Body> {
+    bad_gateway("the app is not accepting connections")
+}
+
+/// `502`: the instance dropped the connection without a response.
+fn closed_early() -> Response<Body> {
+    bad_gateway("the app closed the connection before answering")
 }
 
 /// Most idle connections kept per instance.

@@ -294,8 +294,10 @@ impl DataPlane {
                     .filter(|w| w.live && w.runs_apps)
                     .map(|w| w.node)
                     .collect();
-                let node = eligible[rand::Rng::gen_range(&mut *rng, 0..eligible.len())];
-                return Decision::Spawn { node };
+                if !eligible.is_empty() {
+                    let node = eligible[rand::Rng::gen_range(&mut *rng, 0..eligible.len())];
+                    return Decision::Spawn { node };
+                }
             }
         }
         decision

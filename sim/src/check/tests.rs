@@ -109,11 +109,11 @@ fn params() -> Params {
 }
 
 #[test]
-fn all_has_six_checkers_with_distinct_names() {
+fn all_has_seven_checkers_with_distinct_names() {
     let checkers = all(&params());
     let names: BTreeSet<&str> = checkers.iter().map(|checker| checker.name()).collect();
-    assert_eq!(checkers.len(), 6);
-    assert_eq!(names.len(), 6);
+    assert_eq!(checkers.len(), 7);
+    assert_eq!(names.len(), 7);
     for name in [
         "no-route-to-dead",
         "one-leader-per-term",
@@ -121,6 +121,7 @@ fn all_has_six_checkers_with_distinct_names() {
         "cron-once",
         "members-converge",
         "never-backwards",
+        "one-cold-start",
     ] {
         assert!(names.contains(name), "{name} missing");
     }
@@ -999,4 +1000,104 @@ fn an_unacknowledged_delete_excuses_a_missing_app_from_its_request_on() {
     ];
     let found = run(&mut DeployChecker::default(), &acked, 40, &End::default());
     assert_one(&found, "acked-deploy-kept", 30, &["applied index 7"]);
+}
+
+mod coldstart {
+    use super::*;
+
+    fn sent(id: u64, app: &str) -> Event {
+        Event::RequestSent {
+            id,
+            ingress: 1,
+            app: app.into(),
+        }
+    }
+
+    fn answered(id: u64, status: u16) -> Event {
+        Event::Answered {
+            id,
+            ingress: 1,
+            status,
+            instance: (status == 200).then(|| "i-1".to_owned()),
+        }
+    }
+
+    fn started(node: NodeId, app: &str, instance: &str) -> Event {
+        Event::InstanceStarted {
+            node,
+            app: app.into(),
+            instance: instance.into(),
+        }
+    }
+
+    fn judge(events: &[(u64, Event)], cold: &[&str]) -> Vec<Violation> {
+        let mut checker = ColdStartChecker::default();
+        for (at, event) in events {
+            assert!(checker.step(*at, std::slice::from_ref(event)).is_empty());
+        }
+        let end = End {
+            cold_bursts: cold.iter().map(|app| app.to_string()).collect(),
+            ..End::default()
+        };
+        checker.finish(40_000, &end)
+    }
+
+    #[test]
+    fn one_start_for_a_burst_answered_in_full_passes() {
+        let events = [
+            (100, sent(1, "cold")),
+            (100, sent(2, "cold")),
+            (100, sent(3, "cold")),
+            (102, started(7, "cold", "i-1")),
+            (510, answered(1, 200)),
+            (511, answered(2, 200)),
+            (512, answered(3, 200)),
+        ];
+        assert_eq!(judge(&events, &["cold"]), Vec::new());
+    }
+
+    #[test]
+    fn a_second_start_is_reported() {
+        let events = [
+            (100, sent(1, "cold")),
+            (100, sent(2, "cold")),
+            (102, started(7, "cold", "i-1")),
+            (103, started(8, "cold", "i-2")),
+            (510, answered(1, 200)),
+            (511, answered(2, 200)),
+        ];
+        let violations = judge(&events, &["cold"]);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].checker, "one-cold-start");
+        assert!(violations[0].message.contains("started 2 instances"));
+    }
+
+    #[test]
+    fn unanswered_or_failed_requests_are_reported() {
+        let events = [
+            (100, sent(1, "cold")),
+            (100, sent(2, "cold")),
+            (102, started(7, "cold", "i-1")),
+            (510, answered(1, 503)),
+        ];
+        let messages: Vec<String> = judge(&events, &["cold"])
+            .into_iter()
+            .map(|v| v.message)
+            .collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].contains("request 1") && messages[0].contains("503"));
+        assert!(messages[1].contains("request 2") && messages[1].contains("never answered"));
+    }
+
+    #[test]
+    fn apps_outside_the_quiet_burst_are_not_judged() {
+        // Requests during faults may start several instances and fail; only the named
+        // burst is held to the invariant.
+        let events = [
+            (100, sent(1, "web-0")),
+            (102, started(7, "web-0", "i-1")),
+            (103, started(8, "web-0", "i-2")),
+        ];
+        assert_eq!(judge(&events, &[]), Vec::new());
+    }
 }
