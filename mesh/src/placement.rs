@@ -7,12 +7,35 @@
 //! Eligible workers are those that are live and run apps. A [`Warm`] entry counts only when its
 //! node is eligible and its release is the request's release: older releases are draining.
 //!
-//! **Warm path.** When warm holders exist, power of two choices: two distinct holders drawn
-//! uniformly, the one with the lower `in_flight / concurrency_target` wins (on a tie the first
-//! draw, so ties favour no node) and the decision is [`Decision::Warm`]. When every holder is at or above its target and
-//! some eligible worker holds no warm instance, the decision is [`Decision::ScaleOut`] to the
-//! non-holder the cold rule picks; with no such worker, or when `max_holders` nodes already
-//! hold one, the p2c pick is used anyway.
+//! **Warm path.** `warm` lists one [`Warm`] entry per instance that serves: a node's
+//! `warm:<app>` value says how many it runs ([`parse_warm`], [`WarmValue::entries`]). A
+//! *holder* is a node with entries of the request's release: its instance count is its number
+//! of entries, its in-flight the largest `in_flight` among them (each carries the node's total;
+//! a caller may raise one, as the ingress does with its own requests in flight there), and its
+//! *load* is in-flight per instance. Power of two choices: two distinct holders are drawn, each
+//! with probability proportional to its instances (the first among all holders, the second
+//! among the others). The first draw is kept unless its load is higher than the second's; then
+//! the second is taken with probability `(first's load - second's load) / concurrency_target`,
+//! and always once the loads are a whole target apart. The decision is [`Decision::Warm`]. When
+//! every holder has at least `concurrency_target` in flight per instance and some eligible
+//! worker holds no warm instance, the decision is [`Decision::ScaleOut`] to the non-holder the
+//! cold rule picks; with no such worker, or when `max_holders` nodes already hold one, the p2c
+//! pick is used anyway.
+//!
+//! Why weighted draws and a graded preference: an instance, not a node, serves a request, so a
+//! holder with six instances should take three times the requests of one with two, and uniform
+//! draws over holders cap any holder's share at 2/H whatever its instances. Loads come from
+//! gossip several rounds late, and every ingress reading the same round acts on the same
+//! numbers. Always taking the lighter of the two (plain p2c) herds them all onto whichever
+//! holder looked lightest, and so does any fixed threshold: a holder just past it is dropped
+//! by everyone at once, its queue empties, and the next round floods it, while the new
+//! instances its worker starts for the flood draw it yet more share (in the fleet simulation,
+//! with views one round late, a threshold of a quarter of the target let one app climb to 80
+//! instances on four nodes). A preference that grows with the gap moves only a matching share
+//! of the requests, so the loads settle instead of swinging; for holders that differ by a few
+//! requests per instance, mostly noise in gossip's counts, the weighted draw mostly decides,
+//! an even share per instance on average. One entry per instance, rather than a count on one
+//! entry, keeps the entry a caller builds or raises what it was.
 //!
 //! **Cold rule.** Each eligible worker has a load score `in_flight + instances`. The candidates
 //! are the workers whose score is at most `min + slack`, where `min` is the lowest score and
@@ -44,6 +67,10 @@ pub const COLD_SLACK_ABSOLUTE: u64 = 8;
 /// Relative part of the cold rule's slack, as a percentage of the lowest load score.
 pub const COLD_SLACK_PERCENT: u64 = 25;
 
+/// Most entries one `warm:<app>` value expands to ([`WarmValue::entries`]): a bound on what a
+/// malformed or hostile value can cost, far above the instances one node runs of one app.
+pub const MAX_WARM_INSTANCES: u64 = 256;
+
 /// One worker's load as the ingress sees it through gossip. Callers pass one entry per node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerLoad {
@@ -63,15 +90,43 @@ pub struct WorkerLoad {
     pub mem_available_mib: u64,
 }
 
-/// A warm instance of one app on one node, from gossip `warm:<app>` = `"<release>,<in_flight>"`.
+/// One warm instance of one app on one node: a node publishing `warm:<app>` with `n`
+/// instances gives `n` equal entries ([`WarmValue::entries`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Warm {
     /// The node holding the warm instance.
     pub node: u64,
     /// The release version the instance runs.
     pub release: u64,
-    /// Requests in flight on that node's instances of the app.
+    /// Requests in flight on that node's instances of the app, all of them together.
     pub in_flight: u64,
+}
+
+/// A gossip `warm:<app>` value: `"<release>,<in_flight>,<instances>"` (see [`parse_warm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmValue {
+    /// The newest release among the node's warm instances of the app (running, starting or
+    /// paused).
+    pub release: u64,
+    /// Requests in flight on those instances, all of them together.
+    pub in_flight: u64,
+    /// How many of the node's instances of the app serve requests now; 0 (all of them
+    /// starting or paused) counts as one.
+    pub instances: u64,
+}
+
+impl WarmValue {
+    /// The placement entries for this value as published by `node`: one [`Warm`] per instance,
+    /// at least one and at most [`MAX_WARM_INSTANCES`], each carrying the node's in-flight.
+    pub fn entries(self, node: u64) -> impl Iterator<Item = Warm> {
+        let entry = Warm {
+            node,
+            release: self.release,
+            in_flight: self.in_flight,
+        };
+        let count = self.instances.clamp(1, MAX_WARM_INSTANCES);
+        (0..count).map(move |_| entry)
+    }
 }
 
 /// The request to place: an app, its current release and its per-instance concurrency target.
@@ -112,8 +167,9 @@ pub enum Decision {
 
 /// Decides which worker serves `request`, from the caller's gossip view.
 ///
-/// `workers` holds one entry per node; `warm` the app's `warm:<app>` entries (see
-/// [`parse_warm`]). The RNG is used only on the warm path, to draw the two p2c candidates.
+/// `workers` holds one entry per node; `warm` the app's warm entries, one per warm instance
+/// (see [`WarmValue::entries`]). The RNG is used only on the warm path, to draw the two p2c
+/// candidates.
 pub fn place(
     request: &Request,
     workers: &[WorkerLoad],
@@ -130,7 +186,7 @@ pub fn place(
         };
     }
     let below_max = request.max_holders == 0 || holders.len() < request.max_holders as usize;
-    if below_max && holders.iter().all(|holder| holder.in_flight >= target) {
+    if below_max && holders.iter().all(|holder| holder.at_target(target)) {
         let non_holders: Vec<&WorkerLoad> = workers
             .iter()
             .filter(|w| {
@@ -142,18 +198,27 @@ pub fn place(
         }
     }
     Decision::Warm {
-        node: power_of_two_choices(&holders, rng).node,
+        node: power_of_two_choices(&holders, target, rng).node,
     }
 }
 
-/// Parses a gossip `warm:<app>` value, `"<release>,<in_flight>"`, both plain decimal `u64`s.
-/// Anything else (signs, spaces, extra fields, overflow) gives `None`.
-pub fn parse_warm(node: u64, value: &str) -> Option<Warm> {
-    let (release, in_flight) = value.split_once(',')?;
-    Some(Warm {
-        node,
-        release: parse_decimal(release)?,
-        in_flight: parse_decimal(in_flight)?,
+/// Parses a gossip `warm:<app>` value, `"<release>,<in_flight>,<instances>"`, plain decimal
+/// `u64`s. The older two-field form `"<release>,<in_flight>"`, which nodes published before
+/// the instance count (during a rolling upgrade some still do), counts as one instance. Fields
+/// after the third are ignored, so that a later version may add some without this one losing
+/// the entry. Anything else (signs, spaces, empty fields, overflow) gives `None`.
+pub fn parse_warm(value: &str) -> Option<WarmValue> {
+    let mut fields = value.split(',');
+    let release = parse_decimal(fields.next()?)?;
+    let in_flight = parse_decimal(fields.next()?)?;
+    let instances = match fields.next() {
+        Some(instances) => parse_decimal(instances)?,
+        None => 1,
+    };
+    Some(WarmValue {
+        release,
+        in_flight,
+        instances,
     })
 }
 
@@ -181,51 +246,111 @@ fn is_eligible(worker: &WorkerLoad) -> bool {
     worker.live && worker.runs_apps
 }
 
-/// Warm entries of the request's release on eligible nodes, sorted by node, one per node.
-fn eligible_holders(request: &Request, workers: &[WorkerLoad], warm: &[Warm]) -> Vec<Warm> {
-    let mut candidates: Vec<Warm> = warm
-        .iter()
-        .copied()
-        .filter(|entry| entry.release == request.release)
-        .collect();
-    if candidates.is_empty() {
-        return candidates;
+/// A node holding warm instances of the request's release, as `place` weighs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    node: u64,
+    in_flight: u64,
+    /// At least 1.
+    instances: u64,
+}
+
+impl Holder {
+    fn at_target(&self, target: u64) -> bool {
+        u128::from(self.in_flight) >= u128::from(target) * u128::from(self.instances)
     }
-    candidates.sort_by_key(|entry| (entry.node, entry.in_flight));
-    candidates.dedup_by_key(|entry| entry.node);
+}
+
+/// The holders among `warm`'s entries of the request's release on eligible nodes, sorted by
+/// node: a node's entries counted as its instances, the largest `in_flight` as its in-flight.
+fn eligible_holders(request: &Request, workers: &[WorkerLoad], warm: &[Warm]) -> Vec<Holder> {
+    let mut entries: Vec<(u64, u64)> = warm
+        .iter()
+        .filter(|entry| entry.release == request.release)
+        .map(|entry| (entry.node, entry.in_flight))
+        .collect();
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    entries.sort_unstable();
+    let mut holders: Vec<Holder> = Vec::new();
+    for (node, in_flight) in entries {
+        match holders.last_mut() {
+            Some(holder) if holder.node == node => {
+                holder.instances += 1;
+                holder.in_flight = holder.in_flight.max(in_flight);
+            }
+            _ => holders.push(Holder {
+                node,
+                in_flight,
+                instances: 1,
+            }),
+        }
+    }
     let mut eligible_nodes: Vec<u64> = workers
         .iter()
         .filter(|w| is_eligible(w))
         .map(|w| w.node)
-        .filter(|node| {
-            candidates
-                .binary_search_by_key(node, |entry| entry.node)
-                .is_ok()
-        })
         .collect();
     eligible_nodes.sort_unstable();
-    candidates.retain(|entry| eligible_nodes.binary_search(&entry.node).is_ok());
-    candidates
+    holders.retain(|holder| eligible_nodes.binary_search(&holder.node).is_ok());
+    holders
 }
 
-/// Draws two distinct holders (one if only one) and keeps the less loaded. All holders share
-/// the request's concurrency target, so comparing `in_flight` compares the ratios.
-/// Precondition: `holders` is non-empty and sorted by node.
-fn power_of_two_choices(holders: &[Warm], rng: &mut impl RngCore) -> Warm {
+/// Draws two distinct holders, each with probability proportional to its instances (one if
+/// only one), and keeps the first unless the second is lighter per instance, with the graded
+/// preference of the module docs. Precondition: `holders` is non-empty and sorted by node.
+fn power_of_two_choices(holders: &[Holder], target: u64, rng: &mut impl RngCore) -> Holder {
     if holders.len() == 1 {
         return holders[0];
     }
-    let first = rng.gen_range(0..holders.len());
-    let mut second = rng.gen_range(0..holders.len() - 1);
-    if second >= first {
-        second += 1;
-    }
+    let total: u64 = holders.iter().map(|holder| holder.instances).sum();
+    let first = weighted_index(holders, None, rng.gen_range(0..total));
+    let rest = total - holders[first].instances;
+    let second = weighted_index(holders, Some(first), rng.gen_range(0..rest));
     let (a, b) = (holders[first], holders[second]);
-    // On a tie the first draw wins: itself a uniform pick, so ties do not favour any node.
-    if a.in_flight <= b.in_flight {
-        a
-    } else {
+    if prefer_second(&a, &b, target, rng) {
         b
+    } else {
+        a
+    }
+}
+
+/// The holder whose span of instances holds position `at`, counting every holder's instances
+/// in node order and leaving `skip` out.
+fn weighted_index(holders: &[Holder], skip: Option<usize>, mut at: u64) -> usize {
+    for (index, holder) in holders.iter().enumerate() {
+        if Some(index) == skip {
+            continue;
+        }
+        if at < holder.instances {
+            return index;
+        }
+        at -= holder.instances;
+    }
+    unreachable!("`at` is below the instances counted")
+}
+
+/// Whether to take `b` over `a`: with probability `(load a - load b) / target`, capped at 1,
+/// where load is in-flight per instance. Scaled by `na nb` to stay in integers: the gap is
+/// `fa nb - fb na` against `target na nb` (`u128`, saturating, which no real count comes
+/// near). Draws from `rng` only when the answer is not certain.
+fn prefer_second(a: &Holder, b: &Holder, target: u64, rng: &mut impl RngCore) -> bool {
+    let product = |factors: &[u64]| {
+        factors
+            .iter()
+            .fold(1u128, |acc, &f| acc.saturating_mul(u128::from(f)))
+    };
+    let a_load = product(&[a.in_flight, b.instances]);
+    let b_load = product(&[b.in_flight, a.instances]);
+    let whole_target = product(&[target, a.instances, b.instances]);
+    let gap = a_load.saturating_sub(b_load);
+    if gap == 0 {
+        false
+    } else if gap >= whole_target {
+        true
+    } else {
+        rng.gen_range(0..whole_target) < gap
     }
 }
 

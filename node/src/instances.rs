@@ -3,6 +3,9 @@
 //! [`Pool::handle`] takes the current time and one [`Event`] and returns the [`Action`]s to
 //! carry out; it performs no I/O and reads no clock. A driver task executes the actions against
 //! a container runtime and feeds their outcomes back as events. The pool decides:
+//! - routing: a request goes to the ready instance with the fewest requests in flight, and
+//!   among equals to the one forwarded to least recently, so that equally loaded instances
+//!   take turns;
 //! - single-flight starts: however many requests arrive for a cold app, one instance starts and
 //!   the requests wait in a bounded queue with a deadline (then `Reject` -> 503 + Retry-After);
 //! - idle policy: `Pause` after `pause_after` without requests or open streams, `Stop` after
@@ -169,6 +172,9 @@ pub struct Instance {
     pub streams: u32,
     /// Last time it had work.
     pub idle_since: Instant,
+    /// Which forward of the pool last went to it (0: none yet): a count, not a time, so that
+    /// requests forwarded at the same instant still go round.
+    pub last_forward: u64,
     /// Consecutive failures (reset when it becomes ready).
     pub failures: u32,
     /// The last failure, for operators.
@@ -191,6 +197,8 @@ pub struct Pool {
     instances: BTreeMap<InstanceId, Instance>,
     waiters: VecDeque<Waiter>,
     next_instance: InstanceId,
+    /// Requests forwarded so far: the sequence that [`Instance::last_forward`] records.
+    forwards: u64,
 }
 
 impl Pool {
@@ -202,6 +210,7 @@ impl Pool {
             instances: BTreeMap::new(),
             waiters: VecDeque::new(),
             next_instance: 1,
+            forwards: 0,
         }
     }
 
@@ -283,6 +292,7 @@ impl Pool {
                 in_flight: 0,
                 streams: 0,
                 idle_since: now,
+                last_forward: 0,
                 failures: 0,
                 last_failure: None,
                 has_container,
@@ -330,14 +340,17 @@ impl Pool {
     }
 
     /// The ready instance with the fewest requests in flight: of the current release if it has
-    /// one, else of an old release still serving while the new one starts.
+    /// one, else of an old release still serving while the new one starts. Among equally loaded
+    /// ones, the one forwarded to least recently: instances mostly carry one or two requests,
+    /// so ties are the rule, and sending them all to one instance (the lowest id, as before)
+    /// gave it up to 1.45x its node's mean in the fleet simulation (BENCHMARKS.md).
     fn least_loaded_ready(&self) -> Option<InstanceId> {
         let ready = |current: bool| {
             self.instances
                 .values()
                 .filter(move |i| matches!(i.phase, Phase::Ready { .. }))
                 .filter(move |i| (Some(i.release) == self.release) == current)
-                .min_by_key(|i| (i.in_flight, i.id))
+                .min_by_key(|i| (i.in_flight, i.last_forward, i.id))
                 .map(|i| i.id)
         };
         ready(true).or_else(|| ready(false))
@@ -358,8 +371,10 @@ impl Pool {
         let Phase::Ready { addr } = instance.phase else {
             unreachable!("routing only to ready instances");
         };
+        self.forwards += 1;
         instance.in_flight += 1;
         instance.idle_since = now;
+        instance.last_forward = self.forwards;
         actions.push(Action::Forward {
             request,
             instance: id,

@@ -463,3 +463,34 @@ fn an_adopted_paused_instance_thaws_on_demand() {
         [Action::Unpause { instance: paused }]
     );
 }
+
+#[test]
+fn equally_loaded_instances_take_turns() {
+    let mut h = Harness::new(PoolConfig {
+        max: 3,
+        ..PoolConfig::for_test()
+    });
+    let now = h.now;
+    let ids: Vec<InstanceId> = (0..3)
+        .map(|_| h.pool.adopt(now, 1, Phase::Ready { addr: addr() }))
+        .collect();
+    assert_eq!(h.on(Event::Deployed { release: 1 }), []);
+    let send = |h: &mut Harness, request: RequestId, done: bool| {
+        let actions = h.on(Event::Request { request });
+        let [Action::Forward { instance, .. }] = actions[..] else {
+            panic!("{actions:?}");
+        };
+        if done {
+            h.on(Event::RequestDone { instance });
+        }
+        instance
+    };
+    // Each request finishes before the next, so all three are always tied: they take turns
+    // (when ties went to the lowest id, the first took all six).
+    let picks: Vec<InstanceId> = (1..=6).map(|r| send(&mut h, r, true)).collect();
+    assert_eq!(picks, [ids[0], ids[1], ids[2], ids[0], ids[1], ids[2]]);
+    // Fewest in flight still comes first: while the first one stays busy, the others alternate.
+    assert_eq!(send(&mut h, 7, false), ids[0]);
+    let picks: Vec<InstanceId> = (8..=11).map(|r| send(&mut h, r, true)).collect();
+    assert_eq!(picks, [ids[1], ids[2], ids[1], ids[2]]);
+}

@@ -134,14 +134,6 @@ struct BalanceArgs {
     /// How many of the most popular apps count as hot.
     #[arg(long, default_value_t = 10)]
     hot_apps: usize,
-    /// What-if, not today's code: gossip each app's in-flight per instance, emulating a
-    /// placement that weighs holders per instance (see `Config::what_if_per_instance_load`).
-    #[arg(long)]
-    what_if_per_instance_load: bool,
-    /// What-if, not today's code: the worker's pool breaks ties between equally loaded
-    /// instances by longest idle instead of lowest id.
-    #[arg(long)]
-    what_if_spread_ties: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -190,8 +182,6 @@ impl BalanceArgs {
             gossip_lag: self.gossip_lag,
             window: micros(self.window),
             hot_apps: self.hot_apps,
-            what_if_per_instance_load: self.what_if_per_instance_load,
-            what_if_spread_ties: self.what_if_spread_ties,
             ..Config::default()
         }
     }
@@ -387,21 +377,6 @@ fn balance(args: &BalanceArgs) -> anyhow::Result<()> {
         .context("writing the report")
 }
 
-fn what_ifs(c: &fleet::metrics::Conditions) -> String {
-    let mut labels = Vec::new();
-    if c.what_if_per_instance_load {
-        labels.push("per-instance warm load");
-    }
-    if c.what_if_spread_ties {
-        labels.push("pool ties to longest idle");
-    }
-    if labels.is_empty() {
-        String::new()
-    } else {
-        format!(" [WHAT-IF, not today's code: {}]", labels.join(", "))
-    }
-}
-
 fn render(report: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -412,9 +387,8 @@ fn render(report: &Report) -> String {
     let s = &report.cold_starts;
     let _ = writeln!(
         out,
-        "fleet: {} nodes, {} apps, {} s, seed {}, zipf {}, {} req/s, service {} ms, cold start {} ms{}",
-        c.nodes, c.apps, c.seconds, c.seed, c.zipf, c.rate, c.service_ms, c.cold_start_ms,
-        what_ifs(c)
+        "fleet: {} nodes, {} apps, {} s, seed {}, zipf {}, {} req/s, service {} ms, cold start {} ms",
+        c.nodes, c.apps, c.seconds, c.seed, c.zipf, c.rate, c.service_ms, c.cold_start_ms
     );
     let _ = writeln!(
         out,

@@ -201,9 +201,9 @@ impl DataPlane {
     }
 
     /// What this node gossips about its apps: whether it runs apps ([`WORKER_KEY`]), the
-    /// requests its instances are serving, its instances, and `warm:<app>` for every app with
-    /// an instance of its newest release that is not stopped (a paused or starting one is
-    /// worth routing to).
+    /// requests its instances are serving, its instances, and `warm:<app>` =
+    /// `"<release>,<in_flight>,<running instances>"` for every app with an instance of its
+    /// newest release that is not stopped (a paused or starting one is worth routing to).
     pub async fn load(&self) -> BTreeMap<String, String> {
         let mut load = BTreeMap::new();
         let mut instances = 0;
@@ -223,7 +223,13 @@ impl DataPlane {
             let in_flight: u64 = warm.iter().map(|v| u64::from(v.in_flight)).sum();
             in_flight_total += in_flight;
             if let Some(newest) = warm.iter().map(|v| v.release).max() {
-                load.insert(format!("warm:{app}"), format!("{newest},{in_flight}"));
+                // Only running instances add to the node's share: paused and starting ones
+                // cannot serve yet (0 counts as one, see `shoal_mesh::placement::WarmValue`).
+                let running = warm.iter().filter(|v| v.state == "running").count();
+                load.insert(
+                    format!("warm:{app}"),
+                    format!("{newest},{in_flight},{running}"),
+                );
             }
         }
         let runs_apps = self.runs_apps && self.worker.runtime_failed().is_none();

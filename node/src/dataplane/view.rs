@@ -2,7 +2,9 @@
 //! request only clones an `Arc`.
 //!
 //! Keys read (DESIGN §3): `worker` ("1": runs apps), `quic` (address), `in_flight`,
-//! `instances`, `cpus`, `mem_available_mib`, and `warm:<app>` = `"<release>,<in_flight>"`.
+//! `instances`, `cpus`, `mem_available_mib`, and `warm:<app>` =
+//! `"<release>,<in_flight>,<instances>"` (or `"<release>,<in_flight>"` from an older node: one
+//! instance), which becomes one placement entry per instance (`WarmValue::entries`).
 //! A member without a parsable node id or QUIC address is left out: nothing could reach it.
 
 use std::collections::BTreeMap;
@@ -21,7 +23,7 @@ pub const WARM_PREFIX: &str = "warm:";
 pub struct PlacementView {
     /// One entry per member, sorted by node id.
     pub workers: Vec<WorkerLoad>,
-    /// Warm entries by app, each sorted by node id.
+    /// Warm entries by app, one per warm instance, each list sorted by node id.
     pub warm: BTreeMap<String, Vec<Warm>>,
     /// Where each member's QUIC endpoint listens.
     pub quic: BTreeMap<u64, SocketAddr>,
@@ -72,8 +74,11 @@ impl PlacementView {
                 let Some(app) = key.strip_prefix(WARM_PREFIX) else {
                     break;
                 };
-                if let Some(warm) = parse_warm(node, value) {
-                    view.warm.entry(app.to_owned()).or_default().push(warm);
+                if let Some(warm) = parse_warm(value) {
+                    view.warm
+                        .entry(app.to_owned())
+                        .or_default()
+                        .extend(warm.entries(node));
                 }
             }
         }
@@ -115,6 +120,7 @@ mod tests {
                     ("cpus", "4"),
                     ("mem_available_mib", "900"),
                     ("warm:api", "5,3"),
+                    ("warm:notebook", "5,6,3"),
                     ("warm:broken", "x"),
                     ("warmth", "ignored"),
                 ],
@@ -165,7 +171,17 @@ mod tests {
                     release: 5,
                     in_flight: 3
                 },
-            ]
+            ],
+            "the two-field form of older nodes: one instance"
+        );
+        let notebook = Warm {
+            node: 7,
+            release: 5,
+            in_flight: 6,
+        };
+        assert_eq!(
+            view.warm["notebook"], [notebook; 3],
+            "three instances, one entry each"
         );
         assert!(!view.warm.contains_key("broken"));
         assert_eq!(view.quic[&7], "10.0.0.7:7947".parse().unwrap());

@@ -2,7 +2,8 @@
 //!
 //! Every gossip round (200 ms, `shoal_mesh::gossip::DEFAULT_GOSSIP_INTERVAL`) each node
 //! publishes its load as `node/src/node.rs::load` computes it: `in_flight`, `instances` and one
-//! `warm:<app>` = `"<release>,<in_flight>"` per app with an instance that is not stopped. A
+//! `warm:<app>` = `"<release>,<in_flight>,<instances>"` per app with an instance that is not
+//! stopped (`in_flight` over those, `instances` the ones ready to serve). A
 //! [`Snapshot`] is that round's keys of every node. An observer sees a source's keys from
 //! [`LagTable::lag`] rounds ago: 0 for itself, and for another node the round in which the
 //! source's update reached it by push-pull gossip.
@@ -15,10 +16,11 @@
 //! slower) and lost datagrams, so the real lag is this or worse.
 //!
 //! Views are read the way `PlacementView::from_members` reads gossip: one [`WorkerLoad`] per
-//! node (every node live and a worker here) and the app's [`Warm`] entries, sorted by node.
+//! node (every node live and a worker here) and the app's [`Warm`] entries, one per instance
+//! (`WarmValue::entries`, the real code), sorted by node.
 
 use rand::Rng;
-use shoal_mesh::placement::{Warm, WorkerLoad};
+use shoal_mesh::placement::{Warm, WarmValue, WorkerLoad};
 
 /// The release every app runs: one release per run.
 pub const RELEASE: u64 = 1;
@@ -135,6 +137,8 @@ pub struct WarmKey {
     pub node: u32,
     /// Its in-flight count.
     pub in_flight: u64,
+    /// Its instance count.
+    pub instances: u64,
 }
 
 /// Every node's keys as published in one round.
@@ -244,17 +248,18 @@ impl GossipViews {
         &self.workers[observer]
     }
 
-    /// Appends `observer`'s warm entries of `app` to `out` (sorted by node).
+    /// Appends `observer`'s warm entries of `app` to `out`: one per instance, sorted by node.
     pub fn warm(&self, observer: usize, app: u32, out: &mut Vec<Warm>) {
         let start = out.len();
         for lag in 0..=self.lags.max() {
             for key in self.snapshot(lag).warm(app) {
                 if self.lags.lag(observer, key.node as usize) == lag {
-                    out.push(Warm {
-                        node: u64::from(key.node),
+                    let value = WarmValue {
                         release: RELEASE,
                         in_flight: key.in_flight,
-                    });
+                        instances: key.instances,
+                    };
+                    out.extend(value.entries(u64::from(key.node)));
                 }
             }
         }
@@ -269,7 +274,8 @@ mod tests {
 
     use super::*;
 
-    fn snapshot(apps: usize, loads: &[(u64, u64)], warm: &[(u32, u32, u64)]) -> Snapshot {
+    /// `warm` holds (app, node, in_flight, instances).
+    fn snapshot(apps: usize, loads: &[(u64, u64)], warm: &[(u32, u32, u64, u64)]) -> Snapshot {
         let loads: Vec<NodeLoad> = loads
             .iter()
             .map(|&(in_flight, instances)| NodeLoad {
@@ -279,10 +285,11 @@ mod tests {
             .collect();
         let mut keys: Vec<WarmKey> = warm
             .iter()
-            .map(|&(app, node, in_flight)| WarmKey {
+            .map(|&(app, node, in_flight, instances)| WarmKey {
                 app,
                 node,
                 in_flight,
+                instances,
             })
             .collect();
         let mut snapshot = Snapshot::default();
@@ -308,9 +315,14 @@ mod tests {
         let mut lags = LagTable::fixed(2, 2);
         lags.lags[1] = 0;
         let mut views = GossipViews::new(lags, snapshot(2, &[(0, 0), (0, 0)], &[]));
-        views.publish(|s| *s = snapshot(2, &[(1, 10), (1, 10)], &[(1, 0, 1), (1, 1, 1)]));
-        views.publish(|s| *s = snapshot(2, &[(2, 20), (2, 20)], &[(1, 0, 2), (1, 1, 2)]));
-        views.publish(|s| *s = snapshot(2, &[(3, 30), (3, 30)], &[(1, 0, 3), (1, 1, 3)]));
+        // Node 1 runs a second instance of app 1 from round 3 on.
+        let round = |n: u64, node_1_instances: u64| {
+            let warm = [(1, 0, n, 1), (1, 1, n, node_1_instances)];
+            snapshot(2, &[(n, 10 * n), (n, 10 * n)], &warm)
+        };
+        views.publish(|s| *s = round(1, 1));
+        views.publish(|s| *s = round(2, 1));
+        views.publish(|s| *s = round(3, 2));
         let seen = |views: &mut GossipViews, observer: usize| -> Vec<u64> {
             views
                 .workers(observer)
@@ -326,7 +338,8 @@ mod tests {
             warm.iter()
                 .map(|w| (w.node, w.in_flight))
                 .collect::<Vec<_>>(),
-            [(0, 1), (1, 3)]
+            [(0, 1), (1, 3), (1, 3)],
+            "node 0 from round 1; node 1 from round 3, one entry per instance"
         );
         warm.clear();
         views.warm(1, 0, &mut warm);

@@ -44,20 +44,20 @@ impl Outstanding {
         }
     }
 
-    /// `with_outstanding`: `warm` holds `ingress`'s gossip entries of `app`, sorted by node;
-    /// each is raised to this ingress's own count there (times `unit`, 1 but under the fleet's
-    /// per-instance what-if), and workers gossip does not show yet are added. The result stays
-    /// sorted by node.
-    pub fn apply(&self, ingress: u32, app: u32, unit: u64, warm: &mut Vec<Warm>) {
+    /// `with_outstanding`: `warm` holds `ingress`'s gossip entries of `app` (one per instance),
+    /// sorted by node; a worker's first entry is raised to this ingress's own count there
+    /// (`place` reads a worker's largest), and workers gossip does not show yet are added with
+    /// one entry. The result stays sorted by node.
+    pub fn apply(&self, ingress: u32, app: u32, warm: &mut Vec<Warm>) {
         let own = self.by_ingress[ingress as usize].range((app, 0)..=(app, u32::MAX));
         let gossip_len = warm.len();
         let mut added = false;
         for (&(_, worker), &count) in own {
-            let count = count * unit;
             let node = u64::from(worker);
-            match warm[..gossip_len].binary_search_by_key(&node, |w| w.node) {
-                Ok(at) => warm[at].in_flight = warm[at].in_flight.max(count),
-                Err(_) => {
+            let first = warm[..gossip_len].partition_point(|w| w.node < node);
+            match warm[first..gossip_len].first_mut() {
+                Some(entry) if entry.node == node => entry.in_flight = entry.in_flight.max(count),
+                _ => {
                     warm.push(Warm {
                         node,
                         release: RELEASE,
@@ -94,21 +94,21 @@ mod tests {
         outstanding.enter(0, 7, 1);
         outstanding.enter(0, 8, 2);
         outstanding.enter(1, 7, 9);
-        let mut entries = vec![warm(1, 5), warm(4, 1), warm(6, 0)];
-        outstanding.apply(0, 7, 1, &mut entries);
+        let mut entries = vec![warm(1, 5), warm(4, 1), warm(4, 1), warm(6, 0)];
+        outstanding.apply(0, 7, &mut entries);
         assert_eq!(
             entries,
-            [warm(1, 5), warm(4, 3), warm(6, 0)],
-            "raised to at least its own count, never lowered"
+            [warm(1, 5), warm(4, 3), warm(4, 1), warm(6, 0)],
+            "a worker's first entry raised to at least its own count, never lowered"
         );
         let mut cold = Vec::new();
-        outstanding.apply(0, 8, 1, &mut cold);
+        outstanding.apply(0, 8, &mut cold);
         assert_eq!(cold, [warm(2, 1)], "a worker gossip does not show yet");
         for _ in 0..3 {
             outstanding.leave(0, 7, 4);
         }
         let mut entries = vec![warm(4, 0)];
-        outstanding.apply(0, 7, 1, &mut entries);
+        outstanding.apply(0, 7, &mut entries);
         assert_eq!(entries, [warm(1, 1), warm(4, 0)]);
     }
 }

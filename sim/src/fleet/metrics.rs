@@ -17,9 +17,11 @@
 //! apps. Rare apps' windows hold a few requests per instance, so their ratios mostly measure
 //! Poisson noise; the hot apps' figure is the one to read.
 //!
-//! **Holder load balance** is the same with an app's instances on one node added up (a node
-//! counts when one of its instances was ready through the window). Placement chooses nodes,
-//! and the worker's pool spreads over its own instances, so this separates the two.
+//! **Holder load balance** is the same per holder, an app's instances on one node: the
+//! requests of its instances ready through the window divided by how many they are, over the
+//! app's mean per instance (placement weighs a holder by its instances, so a holder with three
+//! takes three shares). Placement chooses nodes, and the worker's pool spreads over its own
+//! instances, so this separates the two.
 //!
 //! **Node load balance.** At every gossip round, each node's requests (waiting for a start,
 //! queued for a slot, or being served) are sampled: max over mean and p99 over mean across
@@ -117,9 +119,10 @@ pub struct Worst {
     pub window_start_s: f64,
     /// Instances (or holders) ready through the window.
     pub instances: u32,
-    /// Requests the busiest one took.
+    /// Requests the busiest one took (for a holder, all its instances' requests).
     pub busiest: u64,
-    /// Mean requests per instance.
+    /// Its share at its app's mean: the mean requests per instance (for a holder, times its
+    /// instances).
     pub mean: f64,
 }
 
@@ -247,14 +250,15 @@ impl Metrics {
         self.node_max_worst = self.node_max_worst.max(max);
     }
 
-    /// One window's loads: (app, requests) for every instance ready through the window, and
-    /// for every node holding such an instance (its instances' requests added up).
+    /// One window's loads as (app, requests, instances): for every instance ready through the
+    /// window (1), for every node holding such instances (theirs added up, and their count),
+    /// and for each hot holder with two or more, its instances.
     pub fn close_window(
         &mut self,
         window_start: Micros,
-        instances: &mut [(u32, u64)],
-        holders: &mut [(u32, u64)],
-        within_holders: &[Vec<(u32, u64)>],
+        instances: &mut [(u32, u64, u64)],
+        holders: &mut [(u32, u64, u64)],
+        within_holders: &[Vec<(u32, u64, u64)>],
     ) {
         let hot = self.hot_apps;
         add_window(window_start, instances, hot, &mut self.hot, &mut self.all);
@@ -434,30 +438,37 @@ impl BalanceSamples {
     }
 }
 
-/// Adds one window's (app, load) pairs, grouped by app, to the hot and all-app samples.
+/// Adds one window's (app, load, instances) triples, grouped by app, to the hot and all-app
+/// samples: each load per instance over its app's mean per instance.
 fn add_window(
     window_start: Micros,
-    loads: &mut [(u32, u64)],
+    loads: &mut [(u32, u64, u64)],
     hot_apps: usize,
     hot: &mut BalanceSamples,
     all: &mut BalanceSamples,
 ) {
-    loads.sort_by_key(|&(app, _)| app);
+    loads.sort_by_key(|&(app, _, _)| app);
     for group in loads.chunk_by(|a, b| a.0 == b.0) {
-        let total: u64 = group.iter().map(|&(_, n)| n).sum();
+        let total: u64 = group.iter().map(|&(_, n, _)| n).sum();
+        let instances: u64 = group.iter().map(|&(_, _, i)| i).sum();
         if group.len() < 2 || total == 0 {
             continue;
         }
         let app = group[0].0;
-        let mean = total as f64 / group.len() as f64;
+        let per_instance = total as f64 / instances as f64;
+        let normalized = |&(_, n, i): &(u32, u64, u64)| n as f64 / (i as f64 * per_instance);
+        let busiest = group
+            .iter()
+            .max_by(|a, b| normalized(a).total_cmp(&normalized(b)))
+            .expect("two or more");
         let worst = Worst {
             app_rank: app + 1,
             window_start_s: window_start as f64 / SECOND as f64,
             instances: group.len() as u32,
-            busiest: group.iter().map(|&(_, n)| n).max().expect("two or more"),
-            mean,
+            busiest: busiest.1,
+            mean: busiest.2 as f64 * per_instance,
         };
-        let normalized = group.iter().map(|&(_, n)| n as f64 / mean);
+        let normalized = group.iter().map(normalized);
         if (app as usize) < hot_apps {
             hot.add(window_start, normalized.clone(), worst.clone());
         }
@@ -552,10 +563,6 @@ pub struct Conditions {
     pub window_s: f64,
     /// How many of the most popular apps count as hot.
     pub hot_apps: usize,
-    /// Whether `warm:<app>` carried in-flight per instance (a what-if, not today's code).
-    pub what_if_per_instance_load: bool,
-    /// Whether the worker's pool broke ties by longest idle (a what-if, not today's code).
-    pub what_if_spread_ties: bool,
 }
 
 /// What happened to the requests.
@@ -600,8 +607,9 @@ pub struct Decisions {
     pub spawn: u64,
     /// Every holder at target: a new holder.
     pub scale_out: u64,
-    /// Warm decisions where every holder in the ingress's view was at or over its target and
-    /// no scale-out was possible (`scale.max` holders): all workers of the app busy.
+    /// Warm decisions where every holder in the ingress's view was at or over its target per
+    /// instance and no scale-out was possible (`scale.max` holders): all workers of the app
+    /// busy.
     pub saturated_warm: u64,
 }
 
@@ -702,13 +710,13 @@ pub struct Report {
     pub instance_balance_hot: Balance,
     /// Instance balance of every app with two or more instances.
     pub instance_balance_all: Balance,
-    /// The same per holder (an app's instances on one node added up) for the hot apps: what
-    /// p2c spreads directly.
+    /// The same per holder (an app's instances on one node, per instance) for the hot apps:
+    /// what p2c spreads directly.
     pub holder_balance_hot: Balance,
     /// Holder balance of every app with two or more holders.
     pub holder_balance_all: Balance,
     /// For the hot apps, the instances of one holder against that holder's mean: what the
-    /// worker's pool spreads (least in flight first, ties to the oldest instance).
+    /// worker's pool spreads (least in flight first, ties to the least recently used).
     pub within_holder_balance_hot: Balance,
     /// Node balance.
     pub node_balance: NodeBalance,

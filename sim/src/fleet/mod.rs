@@ -4,8 +4,9 @@
 //! **Real code.** Every request is placed by `shoal_mesh::placement::place`, the function the
 //! node's data plane calls (`node/src/dataplane/mod.rs::DataPlane::pick`), with a view built the
 //! way the node builds it: gossip's `in_flight`, `instances` and `warm:<app>` keys as
-//! `PlacementView::from_members` reads them, a few rounds late, raised by the ingress's own
-//! forwarded requests in flight (`with_outstanding`). The request carries the app's release,
+//! `PlacementView::from_members` reads them (one entry per warm instance, by the real
+//! `WarmValue::entries`), a few rounds late, raised by the ingress's own forwarded requests in
+//! flight (`with_outstanding`). The request carries the app's release,
 //! `concurrency_target` and `max_holders = scale.max`, as `pick` fills it in. At deploy each
 //! app's container is pre-created on the worker `place` picks for it on an idle cluster, as
 //! `DataPlane::router` does via `is_cold_pick`.
@@ -16,11 +17,6 @@
 //! DNS round robin; Zipf app popularity; exponential service times) and each node's capacity
 //! (concurrent requests it serves before queueing them). No network delay, no failures, one
 //! release.
-//!
-//! **What-ifs.** Two switches, off by default and labelled in every report, change the model
-//! away from today's code to test a fix the figures point at: [`Config::what_if_spread_ties`]
-//! (the pool's tie-break) and [`Config::what_if_per_instance_load`] (placement weighing holders
-//! per instance).
 //!
 //! Layout:
 //! - [`clock`]: virtual time and the event queue;
@@ -119,17 +115,6 @@ pub struct Config {
     pub window: Micros,
     /// The most popular apps reported as hot.
     pub hot_apps: usize,
-    /// What-if, not today's code: workers gossip `warm:<app>` as in-flight *per instance*
-    /// (thousandths of a request: the node's in-flight for the app times 1,000 over its
-    /// instances that are not stopped) and the request's concurrency target is scaled by 1,000
-    /// to match, so `place` compares holders per instance and scales out only when every
-    /// holder's instances are at target: the placement fix the fleet loop points at. The
-    /// ingress's own counts (`with_outstanding`) are scaled by 1,000 as if on one instance.
-    pub what_if_per_instance_load: bool,
-    /// What-if, not today's code: the worker's pool sends a request to the ready instance with
-    /// the fewest in flight and, among those, the one idle the longest (today: the lowest id,
-    /// `node/src/instances.rs::least_loaded_ready`).
-    pub what_if_spread_ties: bool,
 }
 
 impl Default for Config {
@@ -156,8 +141,6 @@ impl Default for Config {
             worker_tick: 500 * MILLISECOND,
             window: 5 * SECOND,
             hot_apps: 10,
-            what_if_per_instance_load: false,
-            what_if_spread_ties: false,
         }
     }
 }

@@ -2,10 +2,10 @@
 //! down to what placement sees, on virtual time.
 //!
 //! Kept from the real pool, rule for rule:
-//! - a request goes to the ready instance with the fewest in flight (ties: lowest id; the
-//!   `spread_ties` what-if, not today's code, sends ties to the one idle longest); with none
-//!   ready it waits in a queue (limit and deadline) and the pool brings **one** instance up if
-//!   none is coming up (`housekeeping` -> `wake_one`): K waiting requests start one instance;
+//! - a request goes to the ready instance with the fewest in flight, and among equals to the
+//!   one forwarded to least recently (`least_loaded_ready`); with none ready it waits in a
+//!   queue (limit and deadline) and the pool brings **one** instance up if none is coming up
+//!   (`housekeeping` -> `wake_one`): K waiting requests start one instance;
 //! - `wake_one` thaws a paused instance first, then starts a stopped one, then creates a new
 //!   one while fewer than `max` exist;
 //! - when the instance comes up every waiter is forwarded to the least-loaded ready instance;
@@ -44,9 +44,6 @@ pub struct PoolConfig {
     pub queue_limit: usize,
     /// How long a request may wait for a start.
     pub queue_deadline: Micros,
-    /// What-if, not today's code: among equally loaded ready instances pick the one idle the
-    /// longest, instead of the lowest id.
-    pub spread_ties: bool,
 }
 
 /// Where an instance is in its life (the real pool's `Creating`, `Pausing` and `Stopping`
@@ -84,6 +81,8 @@ pub struct Instance {
     pub ready_since: Option<Micros>,
     /// Requests forwarded to it in the current metrics window.
     pub served_in_window: u64,
+    /// Which forward of the pool last went to it (0: none yet).
+    pub last_forward: u64,
 }
 
 /// What happened to the pool.
@@ -172,6 +171,8 @@ pub struct Pool {
     config: PoolConfig,
     instances: Vec<Instance>,
     waiters: VecDeque<Waiter>,
+    /// Requests forwarded so far: the sequence `Instance::last_forward` records.
+    forwards: u64,
     /// When the fleet loop has a `Tick` scheduled for this pool (its bookkeeping).
     pub tick_at: Option<Micros>,
 }
@@ -183,6 +184,7 @@ impl Pool {
             config,
             instances: Vec::new(),
             waiters: VecDeque::new(),
+            forwards: 0,
             tick_at: None,
         }
     }
@@ -209,9 +211,9 @@ impl Pool {
         self.waiters.len()
     }
 
-    /// What the worker gossips as `warm:<app>`: the in-flight sum over instances that are not
-    /// stopped, when there is any (a paused or starting instance is worth routing to). As in
-    /// `node/src/node.rs::load`, requests waiting for a start are not counted.
+    /// What the worker gossips as the in-flight of `warm:<app>`: the sum over instances that
+    /// are not stopped, when there is any (a paused or starting instance is worth routing to).
+    /// As in `node/src/node.rs::load`, requests waiting for a start are not counted.
     pub fn warm_in_flight(&self) -> Option<u64> {
         let mut warm = false;
         let mut in_flight = 0u64;
@@ -224,11 +226,12 @@ impl Pool {
         warm.then_some(in_flight)
     }
 
-    /// Instances that are not stopped (those `warm_in_flight` adds up).
-    pub fn warm_instances(&self) -> u64 {
+    /// What the worker gossips as the instance count of `warm:<app>`: its ready instances (as
+    /// `node.rs::load` counts those `running`; 0 while all are starting or paused).
+    pub fn ready_instances(&self) -> u64 {
         self.instances
             .iter()
-            .filter(|i| i.phase != Phase::Stopped)
+            .filter(|i| i.phase == Phase::Ready)
             .count() as u64
     }
 
@@ -288,17 +291,12 @@ impl Pool {
     }
 
     fn least_loaded_ready(&self) -> Option<InstanceId> {
-        let ready = self
-            .instances
+        self.instances
             .iter()
             .enumerate()
-            .filter(|(_, i)| i.phase == Phase::Ready);
-        let pick = if self.config.spread_ties {
-            ready.min_by_key(|(id, i)| (i.in_flight, i.idle_since, *id))
-        } else {
-            ready.min_by_key(|(id, i)| (i.in_flight, 0, *id))
-        };
-        pick.map(|(id, _)| id as InstanceId)
+            .filter(|(_, i)| i.phase == Phase::Ready)
+            .min_by_key(|(id, i)| (i.in_flight, i.last_forward, *id))
+            .map(|(id, _)| id as InstanceId)
     }
 
     fn forward(
@@ -309,10 +307,12 @@ impl Pool {
         waited: Option<Micros>,
         actions: &mut Vec<Action>,
     ) {
+        self.forwards += 1;
         let instance = &mut self.instances[id as usize];
         instance.in_flight += 1;
         instance.idle_since = now;
         instance.served_in_window += 1;
+        instance.last_forward = self.forwards;
         actions.push(Action::Forward {
             request,
             instance: id,
@@ -440,6 +440,7 @@ fn new_instance(phase: Phase, now: Micros) -> Instance {
         idle_since: now,
         ready_since: None,
         served_in_window: 0,
+        last_forward: 0,
     }
 }
 

@@ -11,7 +11,6 @@ fn config() -> PoolConfig {
         idle_timeout: 600 * SECOND,
         queue_limit: 100,
         queue_deadline: 30 * SECOND,
-        spread_ties: false,
     }
 }
 
@@ -42,6 +41,7 @@ fn k_simultaneous_requests_to_a_cold_app_start_one_instance() {
         Some(0),
         "starting is warm; waiters are not counted"
     );
+    assert_eq!(pool.ready_instances(), 0);
 
     let up = run(&mut pool, 500 * MILLISECOND, Event::Ready { instance: 0 });
     let forwarded: Vec<RequestId> = up
@@ -65,6 +65,11 @@ fn k_simultaneous_requests_to_a_cold_app_start_one_instance() {
     );
     // 50 in flight on one instance with a target of 2: one more instance, not 49.
     assert_eq!(starts(&up), 1, "{up:?}");
+    assert_eq!(
+        pool.ready_instances(),
+        1,
+        "the one starting does not count yet"
+    );
 }
 
 #[test]
@@ -155,6 +160,7 @@ fn idle_instances_pause_then_stop_and_wake_cheaply() {
         [Action::Paused { instance: 0 }]
     );
     assert_eq!(pool.warm_in_flight(), Some(0), "paused is still warm");
+    assert_eq!(pool.ready_instances(), 0, "but serves nothing until thawed");
     // A request thaws it: a wake, not a cold start.
     assert_eq!(
         run(&mut pool, 40 * SECOND, Event::Request { request: 1 }),
@@ -181,42 +187,32 @@ fn idle_instances_pause_then_stop_and_wake_cheaply() {
 }
 
 #[test]
-fn ties_go_to_the_lowest_id_unless_spread() {
-    // Two ready instances, both idle: today the lowest id takes every request that finds
-    // them equally loaded; the what-if sends it to the one idle the longest.
-    let ready_pair = |spread_ties: bool| {
-        let mut pool = Pool::new(PoolConfig {
-            spread_ties,
-            ..config()
-        });
-        run(&mut pool, 0, Event::Request { request: 0 });
-        run(&mut pool, 0, Event::Request { request: 1 });
-        run(&mut pool, SECOND, Event::Ready { instance: 0 });
-        run(&mut pool, SECOND, Event::Ready { instance: 1 });
-        run(&mut pool, 2 * SECOND, Event::Done { instance: 0 });
-        run(&mut pool, 2 * SECOND, Event::Done { instance: 0 });
-        pool
-    };
-    let forwarded_to = |pool: &mut Pool, now: Micros, request: RequestId| match run(
-        pool,
+fn equally_loaded_instances_take_turns() {
+    // Two ready instances, both idle: a request finding them equally loaded goes to the one
+    // forwarded to least recently (when ties went to the lowest id, instance 0 took all four).
+    let mut pool = Pool::new(config());
+    run(&mut pool, 0, Event::Request { request: 0 });
+    run(&mut pool, 0, Event::Request { request: 1 });
+    run(&mut pool, SECOND, Event::Ready { instance: 0 });
+    run(&mut pool, SECOND, Event::Ready { instance: 1 });
+    run(&mut pool, 2 * SECOND, Event::Done { instance: 0 });
+    run(&mut pool, 2 * SECOND, Event::Done { instance: 0 });
+    let mut forwarded_to = |now: Micros, request: RequestId| match run(
+        &mut pool,
         now,
         Event::Request { request },
     )[0]
     {
         Action::Forward { instance, .. } => {
-            run(pool, now, Event::Done { instance });
+            run(&mut pool, now, Event::Done { instance });
             instance
         }
         other => panic!("{other:?}"),
     };
-    let mut lowest = ready_pair(false);
+    // Instance 0 served both waiters, instance 1 nothing yet: 1 first, then turns, even when
+    // the requests come in the same microsecond.
     let picks: Vec<InstanceId> = (0..4)
-        .map(|k| forwarded_to(&mut lowest, 3 * SECOND + k, 10 + k as RequestId))
-        .collect();
-    assert_eq!(picks, [0, 0, 0, 0]);
-    let mut spread = ready_pair(true);
-    let picks: Vec<InstanceId> = (0..4)
-        .map(|k| forwarded_to(&mut spread, 3 * SECOND + k, 10 + k as RequestId))
+        .map(|k| forwarded_to(3 * SECOND, 10 + k as RequestId))
         .collect();
     assert_eq!(picks, [1, 0, 1, 0]);
 }

@@ -81,20 +81,29 @@ fn a_hot_app_scales_out_over_several_nodes() {
     assert_eq!(world.completed(), 10_000);
 }
 
-/// What `place` spreads directly: each hot app's load over the nodes holding it, from
-/// gossip a few rounds late. Measured about 1.1x to 1.2x; the ceiling is DESIGN §10's 1.25x.
+/// DESIGN §10's balance target on a small fleet: each hot app's requests over its instances
+/// (what a user of the app feels), over the nodes holding it per instance (what `place`
+/// spreads, from gossip a few rounds late) and within one node (what the pool spreads). Measured
+/// 1.17x, 1.17x and 1.10x; before placement weighed holders per instance and the pool spread
+/// its ties, the instances were at 1.92x.
 #[test]
-fn hot_apps_holders_share_their_load_within_a_quarter_of_the_mean() {
+fn hot_apps_share_their_load_within_a_quarter_of_the_mean() {
     let report = run(&small(1)).unwrap();
-    let holders = &report.holder_balance_hot;
-    // The figure must rest on real multi-holder windows, or the test could not fail.
-    assert!(holders.app_windows >= 10, "{holders:?}");
-    assert!(holders.instance_windows >= 40, "{holders:?}");
-    assert!(
-        holders.max_over_mean <= 1.25,
-        "busiest hot holder at {:.3}x its app's mean: {holders:?}",
-        holders.max_over_mean
-    );
+    let balances = [
+        ("instances", &report.instance_balance_hot),
+        ("holders", &report.holder_balance_hot),
+        ("within a holder", &report.within_holder_balance_hot),
+    ];
+    for (what, balance) in balances {
+        // The figure must rest on real multi-instance windows, or the test could not fail.
+        assert!(balance.app_windows >= 9, "{what}: {balance:?}");
+        assert!(balance.instance_windows >= 20, "{what}: {balance:?}");
+        assert!(
+            balance.max_over_mean <= 1.25,
+            "{what}: busiest at {:.3}x its app's mean: {balance:?}",
+            balance.max_over_mean
+        );
+    }
 }
 
 #[test]

@@ -15,10 +15,6 @@ use super::pool::{self, InstanceId, Phase, Pool, PoolConfig, Rejection, RequestI
 use super::sample::{exponential, Zipf};
 use super::{Config, GossipLag};
 
-/// Fixed-point scale of the per-instance what-if: in-flight per instance in thousandths, and
-/// the request's concurrency target scaled to match, so `place` compares ratios exactly.
-const PER_INSTANCE_UNIT: u64 = 1_000;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
     /// The next Poisson arrival.
@@ -120,7 +116,6 @@ impl World {
             idle_timeout: config.idle_timeout,
             queue_limit: config.queue_limit,
             queue_deadline: config.queue_deadline,
-            spread_ties: config.what_if_spread_ties,
         };
         let names: Vec<String> = (0..config.apps).map(|a| format!("app-{a}")).collect();
         let pools = pre_create(&config, pool_config, &names, &mut rng);
@@ -251,12 +246,11 @@ impl World {
         self.metrics.requests_per_app[app as usize] += 1;
         self.warm.clear();
         self.views.warm(ingress as usize, app, &mut self.warm);
-        let unit = self.load_unit();
-        self.outstanding.apply(ingress, app, unit, &mut self.warm);
+        self.outstanding.apply(ingress, app, &mut self.warm);
         let request = Request {
             app: &self.names[app as usize],
             release: RELEASE,
-            concurrency_target: self.config.concurrency_target * unit as u32,
+            concurrency_target: self.config.concurrency_target,
             max_holders: self.config.scale_max,
         };
         let workers: &[WorkerLoad] = self.views.workers(ingress as usize);
@@ -270,8 +264,9 @@ impl World {
             }
         };
         let node = node as u32;
-        let target = u64::from(self.config.concurrency_target) * unit;
-        if placed == Placed::Warm && self.warm.iter().all(|w| w.in_flight >= target) {
+        if placed == Placed::Warm
+            && every_holder_at_target(&self.warm, self.config.concurrency_target)
+        {
             self.metrics.saturated_warm += 1;
         }
         self.metrics.placed(now, ingress, app, node, placed);
@@ -297,16 +292,6 @@ impl World {
         }
         self.nodes[node as usize].assigned += 1;
         self.pool_event(now, node, app, pool::Event::Request { request });
-    }
-
-    /// What one request in flight counts as in `warm:` entries: 1 today; under the
-    /// per-instance what-if, `PER_INSTANCE_UNIT` divided by the holder's instances.
-    fn load_unit(&self) -> u64 {
-        if self.config.what_if_per_instance_load {
-            PER_INSTANCE_UNIT
-        } else {
-            1
-        }
     }
 
     /// Feeds the pool of (`node`, `app`) one event and carries out what it decides.
@@ -442,15 +427,11 @@ impl World {
                 load.instances += pool.instances().len() as u64;
                 if let Some(in_flight) = pool.warm_in_flight() {
                     load.in_flight += in_flight;
-                    let published = if self.config.what_if_per_instance_load {
-                        in_flight * PER_INSTANCE_UNIT / pool.warm_instances().max(1)
-                    } else {
-                        in_flight
-                    };
                     self.warm_keys.push(WarmKey {
                         app,
                         node: node as u32,
-                        in_flight: published,
+                        in_flight,
+                        instances: pool.ready_instances(),
                     });
                 }
             }
@@ -479,15 +460,16 @@ impl World {
                 let mut served = 0;
                 for instance in pool.instances_mut() {
                     if instance.ready_since.is_some_and(|t| t <= start) {
-                        instances.push((app, instance.served_in_window));
+                        instances.push((app, instance.served_in_window, 1));
+                        served += instance.served_in_window;
                     }
-                    served += instance.served_in_window;
                     instance.served_in_window = 0;
                 }
-                if instances.len() > before {
-                    holders.push((app, served));
+                let counted = (instances.len() - before) as u64;
+                if counted > 0 {
+                    holders.push((app, served, counted));
                 }
-                if instances.len() > before + 1 && (app as usize) < self.config.hot_apps {
+                if counted > 1 && (app as usize) < self.config.hot_apps {
                     within.push(instances[before..].to_vec());
                 }
             }
@@ -526,6 +508,16 @@ impl World {
         let conditions = conditions(&self.config, self.views.lags());
         self.metrics.report(conditions, end)
     }
+}
+
+/// Whether every holder in `warm` (one entry per instance, sorted by node) has at least
+/// `target` in flight per instance, as `place` reads it: a warm decision then had no room
+/// anywhere.
+fn every_holder_at_target(warm: &[Warm], target: u32) -> bool {
+    warm.chunk_by(|a, b| a.node == b.node).all(|entries| {
+        let in_flight = entries.iter().map(|w| w.in_flight).max().unwrap_or(0);
+        in_flight >= u64::from(target) * entries.len() as u64
+    })
 }
 
 /// At deploy, the app's container is created on the worker the cold rule picks on an idle
@@ -586,7 +578,5 @@ fn conditions(config: &Config, lags: &LagTable) -> Conditions {
         gossip_lag_max_rounds: lags.max(),
         window_s: seconds(config.window),
         hot_apps: config.hot_apps,
-        what_if_per_instance_load: config.what_if_per_instance_load,
-        what_if_spread_ties: config.what_if_spread_ties,
     }
 }
