@@ -805,17 +805,13 @@ async fn wait_for_port(
     loop {
         // Bounded: once a container exits its address vanishes from the bridge, and a connect
         // to it hangs on ARP instead of being refused.
-        let connected = match runtime.dialer() {
-            Some(dial) => matches!(
-                tokio::time::timeout(CONNECT_ATTEMPT, dial.dial(addr)).await,
-                Ok(Ok(_))
-            ),
-            None => matches!(
-                tokio::time::timeout(CONNECT_ATTEMPT, tokio::net::TcpStream::connect(addr)).await,
-                Ok(Ok(_))
-            ),
+        let attempt = async {
+            match runtime.dialer() {
+                Some(dial) => dial.dial(addr).await.map(drop),
+                None => tokio::net::TcpStream::connect(addr).await.map(drop),
+            }
         };
-        if connected {
+        if let Ok(Ok(())) = tokio::time::timeout(CONNECT_ATTEMPT, attempt).await {
             return Ok(());
         }
         let now = Instant::now();
